@@ -1,0 +1,135 @@
+"""``optgraph.compile``: capture, rewrite, and package one training artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+
+import numpy as np
+import onnx_ir as ir
+
+from optgraph import lr_scheduler as schedules
+from optgraph import optim
+from optgraph.artifact import Artifact, GraphSpec, Manifest, TensorSpec
+from optgraph.rewrite.attach_optimizer import AttachOptimizer
+from optgraph.rewrite.clip import ClipGradNorm
+from optgraph.rewrite.scheduler_graph import build_scheduler_step
+from optgraph.rewrite.state import NEXT
+
+GRAPH_FILES = {"train_step": "train_step.onnx", "scheduler_step": "scheduler_step.onnx", "eval": "eval.onnx"}
+
+
+def compile(  # noqa: A001 - the public name DESIGN.md gives
+    model,
+    example_inputs,
+    example_targets,
+    loss_fn: Callable,
+    optimizer: optim.Optimizer | None = None,
+    lr_scheduler: schedules.LRScheduler | None = None,
+    clip_grad_norm: float | None = None,
+    grad_accumulation_steps: int = 1,
+    dynamic_batch: bool = True,
+) -> Artifact:
+    """Compile a model, its loss, an optimizer and a schedule into one training artifact.
+
+    Args:
+        model: a ``torch.nn.Module``; its parameters' ``requires_grad`` decides what trains.
+        example_inputs: tuple of tensors, the positional arguments of ``model.forward``.
+        example_targets: tuple of tensors passed to ``loss_fn`` after the model's outputs.
+        loss_fn: ``loss_fn(outputs, *targets)`` returning a scalar tensor.
+        optimizer: an :mod:`optgraph.optim` optimizer (default ``Adam()``).
+        lr_scheduler: an :mod:`optgraph.lr_scheduler` schedule, or None for a constant lr.
+        clip_grad_norm: clip the global L2 norm of the gradients, as ``torch.nn.utils.clip_grad_norm_``.
+        grad_accumulation_steps: must be 1 (accumulation is not built yet).
+        dynamic_batch: make dim 0 of inputs and targets symbolic.
+
+    Returns:
+        An :class:`~optgraph.artifact.Artifact`; ``save`` it or open a ``TrainingSession`` on it.
+    """
+    from optgraph.capture import capture  # the only torch import, deferred to here
+
+    optimizer = optim.Adam() if optimizer is None else optimizer
+    if not isinstance(optimizer, optim.Optimizer):
+        raise TypeError(f"optimizer must be an optgraph.optim optimizer, got {type(optimizer).__name__}")
+    schedule = schedules.ConstantSchedule() if lr_scheduler is None else lr_scheduler
+    if not isinstance(schedule, schedules.LRScheduler):
+        raise TypeError(f"lr_scheduler must be an optgraph.lr_scheduler schedule, got {type(schedule).__name__}")
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"clip_grad_norm must be a positive float or None, got {clip_grad_norm!r}")
+    if grad_accumulation_steps != 1:
+        raise NotImplementedError("grad_accumulation_steps > 1 is not supported yet")
+
+    captured = capture(model, example_inputs, example_targets, loss_fn, dynamic_batch)
+    groups = optimizer.resolve(captured.trainable)
+
+    train = captured.train
+    if clip_grad_norm is not None:
+        ClipGradNorm(float(clip_grad_norm))(train)
+    attach = AttachOptimizer(optimizer, schedule, groups)
+    attach(train)
+    opset = train.opset_imports[""]
+    scheduler, schedule_state = build_scheduler_step(schedule, groups, opset, train.ir_version)
+
+    new_state = {t.name: t for t in attach.new_state + schedule_state}
+    roles = {n: "input" for n in captured.data_names} | {n: "target" for n in captured.target_names}
+    roles |= {n: "param" for n in captured.trainable + captured.frozen} | {n: "buffer" for n in captured.buffers}
+    roles |= {n: t.role for n, t in new_state.items()} | {"loss": "loss"}
+    roles |= {n: "output" for n in captured.output_names}
+    meta = {n: {"trainable": True} for n in captured.trainable} | {n: {"trainable": False} for n in captured.frozen}
+    meta |= {n: t.meta for n, t in new_state.items()}
+
+    models = {"train_step": train, "scheduler_step": scheduler, "eval": captured.eval}
+    graphs = {name: _graph_spec(GRAPH_FILES[name], m, roles, meta) for name, m in models.items()}
+    state = dict(captured.state) | {n: np.asarray(t.init) for n, t in new_state.items()}
+    extra = {
+        "data_inputs": captured.data_names,
+        "targets": captured.target_names,
+        "outputs": captured.output_names,
+        "dynamic_batch": bool(dynamic_batch),
+        "optimizer": {**optimizer.config(), "state_has_step": optimizer.has_step_slot},
+        "lr_scheduler": schedule.config(),
+        "param_groups": [
+            {"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in groups
+        ],
+        "clip_grad_norm": clip_grad_norm,
+        "grad_accumulation_steps": grad_accumulation_steps,
+        "producer": _producer(),
+    }
+    manifest = Manifest(graphs, extra)
+    serialized = {name: ir.to_proto(m).SerializeToString() for name, m in models.items()}
+    return Artifact(manifest, serialized, state)
+
+
+def _dtype_name(value: ir.Value) -> str:
+    return str(np.dtype(value.dtype.numpy()))
+
+
+def _shape(value: ir.Value) -> list[int | str]:
+    return [d if isinstance(d, int) else str(d.value) for d in value.shape]
+
+
+def _graph_spec(file: str, model: ir.Model, roles: dict, meta: dict) -> GraphSpec:
+    inputs = [
+        TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v), meta=meta.get(v.name, {}))
+        for v in model.graph.inputs
+    ]
+    input_names = {t.name for t in inputs}
+    outputs = []
+    for v in model.graph.outputs:
+        fed = v.name[: -len(NEXT)] if v.name.endswith(NEXT) else None
+        if fed is not None and fed in input_names:
+            source = next(t for t in inputs if t.name == fed)
+            outputs.append(TensorSpec(v.name, source.role, source.dtype, list(source.shape), feeds=fed))
+        else:
+            outputs.append(TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v)))
+    return GraphSpec(file, inputs, outputs)
+
+
+def _producer() -> dict[str, str]:
+    versions = {"name": "optgraph"}
+    for package in ("optgraph", "torch", "onnx", "onnxscript", "onnx-ir"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

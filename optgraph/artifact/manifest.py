@@ -1,0 +1,159 @@
+"""``manifest.json``: what every graph input and output is, and how state flows.
+
+Schema (documented in docs/artifact-format.md)::
+
+    {"format": "optgraph-artifact", "version": 1,
+     "graphs": {"train_step": {"file": ..., "inputs": [TensorSpec...], "outputs": [...]}, ...},
+     "optimizer": {...}, "lr_scheduler": {...}, "producer": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from optgraph.errors import ArtifactError
+
+FORMAT_NAME = "optgraph-artifact"
+FORMAT_VERSION = 1
+GRAPH_NAMES = ("train_step", "scheduler_step", "eval")
+ROLES = frozenset(
+    {"input", "target", "param", "buffer", "optim_state", "schedule_state", "counter", "loss", "lr", "output"}
+)
+STATE_ROLES = frozenset({"param", "buffer", "optim_state", "schedule_state", "counter"})
+DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"})
+
+
+@dataclass
+class TensorSpec:
+    """One graph input or output.
+
+    Attributes:
+        name: the graph's name for it; for state, also its checkpoint name.
+        role: one of ``ROLES``.
+        dtype: numpy-style dtype name.
+        shape: ints, or strings for symbolic dimensions (``"batch"``).
+        feeds: for a state output, the state input it becomes on the next call.
+        meta: extra keys (``trainable``, ``param``, ``slot``).
+    """
+
+    name: str
+    role: str
+    dtype: str
+    shape: list[int | str]
+    feeds: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "role": self.role, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.feeds is not None:
+            out["feeds"] = self.feeds
+        out.update(self.meta)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> TensorSpec:
+        try:
+            name, role, dtype, shape = data["name"], data["role"], data["dtype"], data["shape"]
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"manifest.json: {where} lacks {e}; expected name, role, dtype and shape") from None
+        if role not in ROLES:
+            raise ArtifactError(f"manifest.json: {where} ({name!r}) has unknown role {role!r}")
+        if dtype not in DTYPES:
+            raise ArtifactError(f"manifest.json: {where} ({name!r}) has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, (int, str)) for d in shape):
+            raise ArtifactError(f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}")
+        meta = {k: v for k, v in data.items() if k not in ("name", "role", "dtype", "shape", "feeds")}
+        return cls(name, role, dtype, list(shape), data.get("feeds"), meta)
+
+    @property
+    def is_state(self) -> bool:
+        return self.role in STATE_ROLES
+
+
+@dataclass
+class GraphSpec:
+    """One graph file with its inputs and outputs."""
+
+    file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], graph: str) -> GraphSpec:
+        if not isinstance(data, dict) or not isinstance(data.get("file"), str):
+            raise ArtifactError(f"manifest.json: graphs.{graph} must be an object with a 'file' string")
+        inputs = [TensorSpec.from_json(t, f"graphs.{graph}.inputs[{i}]") for i, t in enumerate(data.get("inputs", []))]
+        outputs = [
+            TensorSpec.from_json(t, f"graphs.{graph}.outputs[{i}]") for i, t in enumerate(data.get("outputs", []))
+        ]
+        spec = cls(data["file"], inputs, outputs)
+        names = {t.name for t in inputs}
+        for out in outputs:
+            if out.feeds is not None and out.feeds not in names:
+                raise ArtifactError(
+                    f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}, which is not an input"
+                )
+        return spec
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest; ``extra`` keeps every other top-level key."""
+
+    graphs: dict[str, GraphSpec]
+    extra: dict[str, Any]
+    version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        body = {"format": FORMAT_NAME, "version": self.version}
+        body["graphs"] = {name: spec.to_json() for name, spec in self.graphs.items()}
+        body.update(self.extra)
+        return json.dumps(body, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"manifest.json is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ArtifactError(f"manifest.json: format is {found!r}, expected {FORMAT_NAME!r}")
+        if data.get("version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"manifest.json: format version {data.get('version')!r} is not supported; "
+                f"this optgraph reads version {FORMAT_VERSION}"
+            )
+        graphs = data.get("graphs")
+        if not isinstance(graphs, dict) or set(GRAPH_NAMES) - set(graphs):
+            raise ArtifactError(f"manifest.json: 'graphs' must describe {list(GRAPH_NAMES)}")
+        parsed = {name: GraphSpec.from_json(graphs[name], name) for name in GRAPH_NAMES}
+        extra = {k: v for k, v in data.items() if k not in ("format", "version", "graphs")}
+        return cls(parsed, extra)
+
+    def state_specs(self) -> dict[str, TensorSpec]:
+        """Every state tensor of every graph, by name (they must agree across graphs)."""
+        specs: dict[str, TensorSpec] = {}
+        for graph, gspec in self.graphs.items():
+            for t in gspec.inputs:
+                if not t.is_state:
+                    continue
+                known = specs.setdefault(t.name, t)
+                if (known.dtype, known.shape) != (t.dtype, t.shape):
+                    raise ArtifactError(
+                        f"manifest.json: state {t.name!r} is {t.dtype}{t.shape} in {graph} "
+                        f"but {known.dtype}{known.shape} elsewhere"
+                    )
+        return specs

@@ -1,0 +1,203 @@
+"""Turn a torch model and its loss into the joint train graph and the eval graph."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch.func import functional_call
+from torch.utils import _pytree as pytree
+
+from optgraph.capture.trace import BATCH_DIM, trace_to_onnx
+from optgraph.errors import CaptureError
+
+
+@dataclass
+class Captured:
+    """What compile needs from torch, as graphs and numpy arrays.
+
+    Attributes:
+        train: inputs ``[*data, *targets, *params, *buffers]`` named as in
+            ``data_names``/``target_names``/torch; outputs ``loss``,
+            ``grad.<param>`` for each trainable param and ``<buffer>.next`` for
+            each buffer the forward updates.
+        eval: inputs ``[*data, *params, *buffers]``; outputs ``output`` or
+            ``output_0``, ``output_1``, ...
+        state: initial value of every parameter and buffer, by torch name.
+    """
+
+    train: ir.Model
+    eval: ir.Model
+    data_names: list[str]
+    target_names: list[str]
+    trainable: list[str]
+    frozen: list[str]
+    buffers: list[str]
+    updated_buffers: list[str]
+    output_names: list[str]
+    state: dict[str, np.ndarray]
+
+
+def _as_tensor_tuple(values, what: str) -> tuple[torch.Tensor, ...]:
+    if isinstance(values, torch.Tensor):
+        values = (values,)
+    if not isinstance(values, (tuple, list)) or not all(isinstance(v, torch.Tensor) for v in values):
+        raise CaptureError(f"{what} must be a tuple of torch tensors, got {type(values).__name__}")
+    return tuple(v.detach() for v in values)
+
+
+def data_input_names(model: torch.nn.Module, count: int) -> list[str]:
+    """Names of the first ``count`` positional parameters of ``model.forward``."""
+    names = []
+    for p in inspect.signature(model.forward).parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind == p.VAR_POSITIONAL:
+            names.extend(f"{p.name}_{i}" for i in range(count - len(names)))
+            break
+    if len(names) < count:
+        raise CaptureError(f"model.forward takes {len(names)} positional argument(s), example_inputs has {count}")
+    return names[:count]
+
+
+def target_names(count: int) -> list[str]:
+    return ["target"] if count == 1 else [f"target_{i}" for i in range(count)]
+
+
+def _name_io(model: ir.Model, input_names: Sequence[str], output_names: Sequence[str], what: str) -> None:
+    """Give the exported graph's inputs and outputs their public names."""
+    graph = model.graph
+    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
+        raise CaptureError(
+            f"the exported {what} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs, "
+            f"expected {len(input_names)} and {len(output_names)}"
+        )
+    public = set(input_names) | set(output_names)
+    for node in graph:
+        for value in node.outputs:
+            if value.name in public and not value.is_graph_output():
+                value.name = f"{value.name}__internal"
+    for value, name in zip(graph.inputs, input_names):
+        value.name = name
+    seen: set[int] = set()
+    for i, (value, name) in enumerate(zip(list(graph.outputs), output_names)):
+        if value.is_graph_input() or id(value) in seen:
+            node = ir.node("Identity", [value], name=f"output/{name}")
+            graph.append(node)
+            node.outputs[0].dtype, node.outputs[0].shape = value.dtype, value.shape
+            graph.outputs[i] = value = node.outputs[0]
+        seen.add(id(value))
+        value.name = name
+
+
+def _passes_through(value: ir.Value) -> ir.Value:
+    while value.producer() is not None and value.producer().op_type == "Identity":
+        value = value.producer().inputs[0]
+    return value
+
+
+def _drop_unchanged_buffers(model: ir.Model, buffer_names: Sequence[str]) -> list[str]:
+    """Remove ``<buffer>.next`` outputs that only pass the buffer through; returns the updated buffers."""
+    graph = model.graph
+    inputs = {v.name: v for v in graph.inputs}
+    updated = []
+    for name in buffer_names:
+        index = next(i for i, v in enumerate(graph.outputs) if v.name == f"{name}.next")
+        if _passes_through(graph.outputs[index]) is inputs[name]:
+            graph.outputs.pop(index)
+        else:
+            updated.append(name)
+    return updated
+
+
+def _set_batch_dims(model: ir.Model, batched_inputs: Sequence[str]) -> None:
+    for value in model.graph.inputs:
+        if value.name in batched_inputs and value.shape is not None and len(value.shape) > 0:
+            value.shape = ir.Shape([BATCH_DIM, *list(value.shape)[1:]])
+
+
+def capture(
+    model: torch.nn.Module,
+    example_inputs,
+    example_targets,
+    loss_fn: Callable,
+    dynamic_batch: bool = True,
+) -> Captured:
+    """Capture ``loss_fn(model(*inputs), *targets)``, its gradients and buffer updates, and the eval forward."""
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise CaptureError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    inputs = _as_tensor_tuple(example_inputs, "example_inputs")
+    targets = _as_tensor_tuple(example_targets, "example_targets")
+    data_names = data_input_names(model, len(inputs))
+    tnames = target_names(len(targets))
+
+    named_params = dict(model.named_parameters())
+    trainable = [n for n, p in named_params.items() if p.requires_grad]
+    frozen = [n for n, p in named_params.items() if not p.requires_grad]
+    buffer_names = [n for n, _ in model.named_buffers()]
+    param_values = [named_params[n].detach() for n in trainable + frozen]
+    buffer_values = [b.detach() for _, b in model.named_buffers()]
+    state_names = trainable + frozen + buffer_names
+    n_data = len(inputs) + len(targets)
+
+    def train_step(*flat):
+        data, tgt = flat[: len(inputs)], flat[len(inputs) : n_data]
+        params = dict(zip(trainable + frozen, flat[n_data : n_data + len(param_values)]))
+        for name in trainable:
+            params[name] = params[name].detach().requires_grad_(True)
+        buffers = {n: b.clone() for n, b in zip(buffer_names, flat[n_data + len(param_values) :])}
+        with torch.enable_grad():
+            outputs = functional_call(model, {**params, **buffers}, tuple(data))
+            loss = loss_fn(outputs, *tgt)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise CaptureError(f"loss_fn must return a scalar tensor, got {shape}")
+            grads = torch.autograd.grad(loss, [params[n] for n in trainable], allow_unused=True)
+        grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(trainable, grads)]
+        return (loss.detach(), *grads, *buffers.values())
+
+    was_training = model.training
+    try:
+        model.train()
+        train = trace_to_onnx(
+            train_step, [*inputs, *targets, *param_values, *buffer_values],
+            [True] * n_data + [False] * len(state_names), dynamic_batch, "train step",
+        )  # fmt: skip
+        _name_io(
+            train, [*data_names, *tnames, *state_names],
+            ["loss", *(f"grad.{n}" for n in trainable), *(f"{n}.next" for n in buffer_names)], "train step",
+        )  # fmt: skip
+        updated = _drop_unchanged_buffers(train, buffer_names)
+        _set_batch_dims(train, data_names + tnames if dynamic_batch else [])
+
+        n_outputs: list[int] = []
+
+        def eval_forward(*flat):
+            data = flat[: len(inputs)]
+            state = dict(zip(state_names, flat[len(inputs) :]))
+            leaves = pytree.tree_leaves(functional_call(model, state, tuple(data)))
+            n_outputs[:] = [len(leaves)]
+            return tuple(leaves)
+
+        model.eval()
+        evaluation = trace_to_onnx(
+            eval_forward, [*inputs, *param_values, *buffer_values],
+            [True] * len(inputs) + [False] * len(state_names), dynamic_batch, "eval forward",
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+    output_names = ["output"] if n_outputs[0] == 1 else [f"output_{i}" for i in range(n_outputs[0])]
+    _name_io(evaluation, [*data_names, *state_names], output_names, "eval forward")
+    _set_batch_dims(evaluation, data_names if dynamic_batch else [])
+
+    state = {n: t.cpu().numpy().copy() for n, t in zip(state_names, [*param_values, *buffer_values])}
+    return Captured(
+        train=train, eval=evaluation, data_names=data_names, target_names=tnames, trainable=trainable,
+        frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=output_names, state=state,
+    )  # fmt: skip

@@ -1,0 +1,95 @@
+"""Trace a functional train step (and the eval forward) into ONNX.
+
+``make_fx`` over ``functional_call`` + ``torch.autograd.grad`` with the
+decompositions of :mod:`optgraph.capture.decompositions`, traced on fake
+tensors whose only symbolic dimension is dim 0 of the data (a concrete batch
+would bake ``1/batch`` into mean reductions), then ``torch.export`` and the
+dynamo ONNX exporter, which returns an onnx-ir model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from optgraph.capture.decompositions import train_decompositions
+from optgraph.errors import CaptureError
+
+BATCH_DIM = "batch"
+
+
+@contextlib.contextmanager
+def _tracing_context():
+    """Kernel choices whose backward traces into translatable ops, and a quiet exporter."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
+
+
+def _trace_size(t: torch.Tensor) -> torch.Tensor:
+    """A batch of at least 2 rows, so the tracer cannot specialise batch 1."""
+    return torch.cat([t, t]) if t.shape[0] == 1 else t
+
+
+def trace_to_onnx(
+    fn: Callable,
+    args: Sequence[torch.Tensor],
+    batched: Sequence[bool],
+    dynamic_batch: bool,
+    what: str,
+):
+    """Trace ``fn(*args)`` and export it to an onnx-ir model.
+
+    Args:
+        fn: a function of flat tensors returning a flat tuple of tensors.
+        args: example values.
+        batched: for each arg, whether its dim 0 is the batch.
+        dynamic_batch: make the batch dimension symbolic.
+        what: a short description for error messages ("train step", "eval forward").
+    """
+    dynamic = [dynamic_batch and flag and a.dim() > 0 for a, flag in zip(args, batched)]
+    args = [_trace_size(a) if d else a for a, d in zip(args, dynamic)]
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+
+    def fake(t: torch.Tensor, dyn: bool) -> torch.Tensor:
+        sizes = [DimDynamic.DYNAMIC if (dyn and i == 0) else DimDynamic.STATIC for i in range(t.dim())]
+        return fake_mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
+
+    with _tracing_context():
+        try:
+            fakes = [fake(a, d) for a, d in zip(args, dynamic)]
+            with fake_mode:
+                graph_module = make_fx(fn, decomposition_table=train_decompositions(), tracing_mode="fake")(*fakes)
+        except CaptureError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any tracer failure becomes a CaptureError
+            raise CaptureError(f"could not trace the {what}: {type(e).__name__}: {e}") from e
+        batch = torch.export.Dim(BATCH_DIM) if any(dynamic) else None
+        shapes = [{0: batch} if d else None for d in dynamic]
+        try:
+            exported = torch.export.export(graph_module, tuple(args), dynamic_shapes=shapes, strict=False)
+        except Exception as e:  # noqa: BLE001
+            hint = " (the model may depend on a fixed batch size: try dynamic_batch=False)" if any(dynamic) else ""
+            raise CaptureError(f"could not export the traced {what}{hint}: {type(e).__name__}: {e}") from e
+        try:
+            program = torch.onnx.export(exported, dynamo=True, verbose=False, report=False)
+        except Exception as e:  # noqa: BLE001
+            raise CaptureError(f"could not translate the {what} to ONNX: {type(e).__name__}: {e}") from e
+    return program.model

@@ -1,0 +1,140 @@
+"""A small helper that appends standard ONNX nodes to an onnx-ir graph.
+
+Nodes are wired by ``ir.Value``; names are deterministic and readable
+(``optim/fc1.weight/Mul_3``) so that a rewritten graph reads well in Netron.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+_NUMPY_TO_IR = {
+    np.dtype(np.float16): ir.DataType.FLOAT16,
+    np.dtype(np.float32): ir.DataType.FLOAT,
+    np.dtype(np.float64): ir.DataType.DOUBLE,
+    np.dtype(np.int32): ir.DataType.INT32,
+    np.dtype(np.int64): ir.DataType.INT64,
+    np.dtype(np.bool_): ir.DataType.BOOL,
+}
+
+FLOAT = ir.DataType.FLOAT
+DOUBLE = ir.DataType.DOUBLE
+INT64 = ir.DataType.INT64
+BOOL = ir.DataType.BOOL
+
+
+def ir_dtype(dtype: np.dtype | str) -> ir.DataType:
+    """The onnx-ir element type of a numpy dtype."""
+    return _NUMPY_TO_IR[np.dtype(dtype)]
+
+
+_BOOLEAN_OPS = frozenset(
+    {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "IsNaN", "IsInf"}
+)
+
+
+def _result_dtype(op_type: str, inputs: Sequence[ir.Value | None], attributes: dict):
+    """The element type of a single-output node, so that later casts know it."""
+    if op_type in _BOOLEAN_OPS:
+        return BOOL
+    if op_type == "Cast":
+        return ir.DataType(attributes["to"])
+    if op_type == "Where":
+        return inputs[1].dtype
+    first = next((v for v in inputs if v is not None), None)
+    return first.dtype if first is not None else None
+
+
+class GraphBuilder:
+    """Appends nodes to ``graph``; every new value gets a unique readable name."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.graph = graph
+        self._scope: list[str] = []
+        self._count = 0
+        self._constants: dict[tuple, ir.Value] = {}
+        self._taken = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
+        for node in graph.all_nodes():
+            self._taken.update(v.name for v in node.outputs if v.name)
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Prefix the names of nodes emitted inside the block with ``name``."""
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def _fresh(self, stem: str) -> str:
+        prefix = "/".join(self._scope)
+        while True:
+            self._count += 1
+            name = f"{prefix}/{stem}_{self._count}" if prefix else f"{stem}_{self._count}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+
+    def op(self, op_type: str, *inputs: ir.Value | None, num_outputs: int = 1, **attributes):
+        """Append one node; returns its output value (or a tuple of them)."""
+        name = self._fresh(op_type)
+        node = ir.node(op_type, list(inputs), attributes or None, num_outputs=num_outputs, name=name)
+        for i, out in enumerate(node.outputs):
+            out.name = name if num_outputs == 1 else f"{name}:{i}"
+            self._taken.add(out.name)
+        if num_outputs == 1:
+            node.outputs[0].dtype = _result_dtype(op_type, inputs, attributes)
+        self.graph.append(node)
+        return node.outputs[0] if num_outputs == 1 else tuple(node.outputs)
+
+    def const(self, value, dtype: ir.DataType = FLOAT) -> ir.Value:
+        """A constant tensor (emitted once per value and dtype)."""
+        array = np.asarray(value, dtype=dtype.numpy())
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            name = self._fresh("const")
+            node = ir.node("Constant", [], {"value": ir.tensor(array, name=name)}, name=name)
+            node.outputs[0].name = name
+            node.outputs[0].dtype = dtype
+            node.outputs[0].shape = ir.Shape(array.shape)
+            self.graph.append(node)
+            self._constants[key] = node.outputs[0]
+        return self._constants[key]
+
+    def add_input(self, name: str, dtype: ir.DataType, shape: Sequence[int | str]) -> ir.Value:
+        """Append a graph input."""
+        if name in self._taken:
+            raise ValueError(f"graph already has a value named {name!r}")
+        value = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(list(shape)))
+        self.graph.inputs.append(value)
+        self._taken.add(name)
+        return value
+
+    def add_output(self, value: ir.Value, name: str) -> ir.Value:
+        """Expose ``value`` as a graph output called ``name``.
+
+        A value that is already a graph input or output, or already has a
+        name in use, is routed through an Identity so each output owns its name.
+        """
+        if value.is_graph_input() or value.is_graph_output() or value.is_initializer():
+            value = self.op("Identity", value)
+        if value.name != name:
+            if name in self._taken:
+                raise ValueError(f"graph already has a value named {name!r}")
+            self._taken.discard(value.name)
+            value.name = name
+            self._taken.add(name)
+        self.graph.outputs.append(value)
+        return value
+
+    def cast(self, value: ir.Value, dtype: ir.DataType) -> ir.Value:
+        """``value`` converted to ``dtype`` (no node when it already is)."""
+        if value.dtype == dtype:
+            return value
+        out = self.op("Cast", value, to=dtype)
+        out.dtype = dtype
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
+from optgraph.capture.patches import traceable_modules
 from optgraph.capture.trace import BATCH_DIM, trace_to_onnx
 from optgraph.errors import CaptureError
 
@@ -164,6 +166,8 @@ def capture(
 
     was_training = model.training
     try:
+        stack = contextlib.ExitStack()
+        stack.enter_context(traceable_modules(model))
         model.train()
         train = trace_to_onnx(
             train_step, [*inputs, *targets, *param_values, *buffer_values],
@@ -191,6 +195,7 @@ def capture(
             [True] * len(inputs) + [False] * len(state_names), dynamic_batch, "eval forward",
         )  # fmt: skip
     finally:
+        stack.close()
         model.train(was_training)
     output_names = ["output"] if n_outputs[0] == 1 else [f"output_{i}" for i in range(n_outputs[0])]
     _name_io(evaluation, [*data_names, *state_names], output_names, "eval forward")

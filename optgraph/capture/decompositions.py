@@ -73,6 +73,75 @@ def convolution_backward(
     return grad_input, grad_weight, grad_bias
 
 
+def _avg_pool_divisors(in_size, out_size, kernel, stride, padding, count_include_pad):
+    """Per output position, the divisor torch's avg_pool uses (separable over dimensions)."""
+    per_dim = []
+    for n_in, n_out, k, st, pad in zip(in_size, out_size, kernel, stride, padding):
+        sizes = []
+        for o in range(n_out):
+            start = o * st - pad
+            end = min(start + k, n_in + pad)
+            full = end - start
+            start, end = max(start, 0), min(end, n_in)
+            sizes.append(full if count_include_pad else end - start)
+        per_dim.append(sizes)
+    return per_dim
+
+
+def avg_pool_backward(grad_out, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override=None):
+    """aten.avg_pool{2,3}d_backward as one depthwise transposed convolution of ones."""
+    nd = grad_out.dim() - 2
+    kernel = list(kernel_size) * (nd if len(kernel_size) == 1 else 1)
+    stride = list(stride or kernel) * (nd if len(stride or kernel) == 1 else 1)
+    padding = list(padding) * (nd if len(padding) == 1 else 1)
+    in_size, out_size = list(x.shape[2:]), list(grad_out.shape[2:])
+    if divisor_override:
+        scaled = grad_out / divisor_override
+    else:
+        per_dim = _avg_pool_divisors(in_size, out_size, kernel, stride, padding, count_include_pad)
+        if all(len(set(sizes)) == 1 for sizes in per_dim):
+            scaled = grad_out / float(functools.reduce(lambda a, b: a * b, (sizes[0] for sizes in per_dim)))
+        else:
+            divisors = torch.ones((), dtype=grad_out.dtype)
+            for d, sizes in enumerate(per_dim):
+                shape = [1] * nd
+                shape[d] = len(sizes)
+                divisors = divisors * torch.tensor(sizes, dtype=grad_out.dtype).reshape(shape)
+            scaled = grad_out / divisors
+    channels = x.shape[1]
+    ones = torch.ones([channels, 1, *kernel], dtype=grad_out.dtype, device=grad_out.device)
+    natural = [(o - 1) * st - 2 * p + k for o, st, p, k in zip(out_size, stride, padding, kernel)]
+    out_pad = [max(n - m, 0) for n, m in zip(in_size, natural)]
+    grad_in = aten.convolution(scaled, ones, None, stride, padding, [1] * nd, True, out_pad, channels)
+    for d in range(nd):
+        if grad_in.shape[2 + d] != in_size[d]:
+            grad_in = grad_in.narrow(2 + d, 0, in_size[d])
+    return grad_in
+
+
+def avg_pool_with_divisor(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """aten.avg_pool{2,3}d with ``divisor_override``, which the ONNX translation ignores.
+
+    Rescales the count-include-pad average by (window size / override) per
+    output position; other calls keep their usual translation.
+    """
+    if not divisor_override:
+        return NotImplemented
+    nd = len(kernel_size) if len(kernel_size) > 1 else x.dim() - 2
+    kernel = list(kernel_size) * (nd if len(kernel_size) == 1 else 1)
+    stride = list(stride or kernel) * (nd if len(stride or kernel) == 1 else 1)
+    padding = list(padding) * (nd if len(padding) == 1 else 1) if not isinstance(padding, int) else [padding] * nd
+    op = aten.avg_pool2d.default if nd == 2 else aten.avg_pool3d.default
+    mean = op(x, kernel, stride, padding, ceil_mode, True, None)
+    per_dim = _avg_pool_divisors(list(x.shape[2:]), list(mean.shape[2:]), kernel, stride, padding, True)
+    scale = torch.ones((), dtype=x.dtype)
+    for d, sizes in enumerate(per_dim):
+        shape = [1] * nd
+        shape[d] = len(sizes)
+        scale = scale * torch.tensor(sizes, dtype=x.dtype).reshape(shape)
+    return mean * (scale / divisor_override)
+
+
 @functools.cache
 def train_decompositions() -> dict:
     """The decomposition table for tracing a train step."""
@@ -88,4 +157,8 @@ def train_decompositions() -> dict:
         )
     )
     table[aten.convolution_backward.default] = convolution_backward
+    table[aten.avg_pool2d_backward.default] = avg_pool_backward
+    table[aten.avg_pool3d_backward.default] = avg_pool_backward
+    table[aten.avg_pool2d.default] = avg_pool_with_divisor
+    table[aten.avg_pool3d.default] = avg_pool_with_divisor
     return table

@@ -43,6 +43,27 @@ def _tracing_context():
             log.setLevel(level)
 
 
+_SCALAR_TO_TENSOR_OVERLOAD = {
+    torch.ops.aten.mul.Scalar: torch.ops.aten.mul.Tensor,
+    torch.ops.aten.div.Scalar: torch.ops.aten.div.Tensor,
+    torch.ops.aten.add.Scalar: torch.ops.aten.add.Tensor,
+    torch.ops.aten.sub.Scalar: torch.ops.aten.sub.Tensor,
+}
+
+
+def _symbolic_scalars_as_tensor_ops(graph_module: torch.fx.GraphModule) -> None:
+    """``mul.Scalar(t, <symbolic float>)`` -> ``mul.Tensor``: the exporter translates only the latter.
+
+    Symbolic scalars appear wherever a decomposition divides by a
+    batch-dependent count (``var`` with a correction, for instance).
+    """
+    for node in graph_module.graph.nodes:
+        target = _SCALAR_TO_TENSOR_OVERLOAD.get(node.target)
+        if target is not None and len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node):
+            node.target = target
+    graph_module.recompile()
+
+
 def _trace_size(t: torch.Tensor) -> torch.Tensor:
     """A batch of at least 2 rows, so the tracer cannot specialise batch 1."""
     return torch.cat([t, t]) if t.shape[0] == 1 else t
@@ -77,6 +98,7 @@ def trace_to_onnx(
             fakes = [fake(a, d) for a, d in zip(args, dynamic)]
             with fake_mode:
                 graph_module = make_fx(fn, decomposition_table=train_decompositions(), tracing_mode="fake")(*fakes)
+            _symbolic_scalars_as_tensor_ops(graph_module)
         except CaptureError:
             raise
         except Exception as e:  # noqa: BLE001 - any tracer failure becomes a CaptureError

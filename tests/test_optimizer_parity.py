@@ -1,0 +1,87 @@
+"""Step-for-step parity with torch.optim: losses, parameters, buffers and optimizer state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import assert_close, clone, loss_fn, make_batch, make_model
+
+import optgraph
+from optgraph import lr_scheduler, optim
+
+STEPS = 30
+
+# (id, optimizer name, kwargs): each kwargs goes to torch.optim.<name> and optgraph.optim.<name> alike.
+CASES = [
+    ("sgd", "SGD", dict(lr=0.05)),
+    ("sgd-momentum", "SGD", dict(lr=0.05, momentum=0.9)),
+    ("sgd-dampening", "SGD", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+    ("sgd-nesterov", "SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("sgd-weight-decay", "SGD", dict(lr=0.05, momentum=0.5, weight_decay=0.01)),
+    ("sgd-maximize", "SGD", dict(lr=0.01, momentum=0.9, maximize=True)),
+    ("adam", "Adam", dict(lr=0.01)),
+    ("adam-betas-eps", "Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6)),
+    ("adam-weight-decay", "Adam", dict(lr=0.01, weight_decay=0.1)),
+    ("adam-amsgrad", "Adam", dict(lr=0.01, amsgrad=True)),
+    ("adam-maximize", "Adam", dict(lr=0.001, maximize=True)),
+    ("adamw", "AdamW", dict(lr=0.01)),
+    ("adamw-decay-amsgrad", "AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    ("adamw-maximize", "AdamW", dict(lr=0.001, maximize=True)),
+    ("adagrad", "Adagrad", dict(lr=0.05)),
+    ("adagrad-lr-decay", "Adagrad", dict(lr=0.05, lr_decay=0.01)),
+    ("adagrad-decay-init-eps", "Adagrad", dict(lr=0.05, weight_decay=0.1, initial_accumulator_value=0.1, eps=1e-6)),
+    ("adagrad-maximize", "Adagrad", dict(lr=0.01, maximize=True)),
+]
+MODELS = [("mlp", "ce"), ("mlp", "mse"), ("cnn", "ce")]
+
+
+def run_parity(kind, loss, name, kwargs, steps=STEPS, schedule=None, scheduler_every=5, batch=8):
+    model = make_model(kind)
+    reference = clone(model)
+    gen = torch.Generator().manual_seed(1)
+    example = make_batch(kind, batch, gen, loss)
+    artifact = optgraph.compile(
+        model, (example[0],), (example[1],), loss_fn(loss),
+        optimizer=getattr(optim, name)(**kwargs),
+        lr_scheduler=None if schedule is None else getattr(lr_scheduler, schedule[0])(**schedule[1]),
+    )  # fmt: skip
+    session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
+    params = [p for p in reference.parameters() if p.requires_grad]
+    torch_opt = getattr(torch.optim, name)(params, **kwargs)
+    torch_sched = None if schedule is None else getattr(torch.optim.lr_scheduler, schedule[0])(torch_opt, **schedule[1])
+    criterion = loss_fn(loss)
+    names = [n for n, p in reference.named_parameters() if p.requires_grad]
+    assert_close(session.lr, torch_opt.param_groups[0]["lr"], "lr after construction", rtol=1e-12, atol=0)
+    for step in range(steps):
+        x, y = make_batch(kind, batch, gen, loss)
+        ours = session.step(x, y)
+        torch_opt.zero_grad()
+        theirs = criterion(reference(x), y)
+        theirs.backward()
+        torch_opt.step()
+        assert_close(ours, theirs, f"loss at step {step}")
+        state = session.state_dict()
+        for key, value in reference.state_dict().items():
+            assert_close(state[key], value, f"{key} after step {step}")
+        ours_opt = session.optimizer_state_dict()
+        for i, slots in torch_opt.state_dict()["state"].items():
+            for slot, value in slots.items():
+                assert_close(ours_opt[names[i]][slot], value, f"{slot} of {names[i]} after step {step}")
+            assert set(ours_opt[names[i]]) == set(slots), f"slots of {names[i]}"
+        if torch_sched is not None and (step + 1) % scheduler_every == 0:
+            session.scheduler_step()
+            torch_sched.step()
+            assert_close(session.lr, torch_opt.param_groups[0]["lr"], f"lr after step {step}", rtol=1e-12, atol=0)
+    return session
+
+
+@pytest.mark.parametrize("kind,loss", MODELS, ids=[f"{k}-{l}" for k, l in MODELS])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_optimizer_matches_torch(case, kind, loss):
+    _, name, kwargs = case
+    run_parity(kind, loss, name, kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))])
+def test_step_lr_matches_torch(name, kwargs):
+    run_parity("cnn", "ce", name, kwargs, steps=40, schedule=("StepLR", dict(step_size=2, gamma=0.5)), scheduler_every=5)

@@ -20,6 +20,7 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from optgraph.capture.decompositions import train_decompositions
+from optgraph.capture.translations import custom_translations
 from optgraph.errors import CaptureError
 
 BATCH_DIM = "batch"
@@ -35,9 +36,10 @@ def _tracing_context():
     for log in quiet:
         log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            with sdpa_kernel(SDPBackend.MATH), torch.backends.mkldnn.flags(enabled=False):
+                yield
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
@@ -51,16 +53,25 @@ _SCALAR_TO_TENSOR_OVERLOAD = {
 }
 
 
-def _symbolic_scalars_as_tensor_ops(graph_module: torch.fx.GraphModule) -> None:
-    """``mul.Scalar(t, <symbolic float>)`` -> ``mul.Tensor``: the exporter translates only the latter.
+_VIEWS = (torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default)
 
-    Symbolic scalars appear wherever a decomposition divides by a
-    batch-dependent count (``var`` with a correction, for instance).
+
+def _make_exportable(graph_module: torch.fx.GraphModule) -> None:
+    """Rewrite the traced graph where ``torch.export`` or the exporter would trip.
+
+    - ``mul.Scalar(t, <symbolic float>)`` -> ``mul.Tensor``: the exporter
+      translates only the latter. Symbolic scalars appear wherever a
+      decomposition divides by a batch-dependent count (``var``, for instance).
+    - ``view`` -> ``reshape``: re-tracing may give an op other strides than
+      the first trace did (channels-last pooling outputs), and a view then
+      fails; in ONNX both are a Reshape.
     """
     for node in graph_module.graph.nodes:
         target = _SCALAR_TO_TENSOR_OVERLOAD.get(node.target)
         if target is not None and len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node):
             node.target = target
+        elif node.target in _VIEWS:
+            node.target = torch.ops.aten.reshape.default
     graph_module.recompile()
 
 
@@ -98,7 +109,7 @@ def trace_to_onnx(
             fakes = [fake(a, d) for a, d in zip(args, dynamic)]
             with fake_mode:
                 graph_module = make_fx(fn, decomposition_table=train_decompositions(), tracing_mode="fake")(*fakes)
-            _symbolic_scalars_as_tensor_ops(graph_module)
+            _make_exportable(graph_module)
         except CaptureError:
             raise
         except Exception as e:  # noqa: BLE001 - any tracer failure becomes a CaptureError
@@ -111,7 +122,9 @@ def trace_to_onnx(
             hint = " (the model may depend on a fixed batch size: try dynamic_batch=False)" if any(dynamic) else ""
             raise CaptureError(f"could not export the traced {what}{hint}: {type(e).__name__}: {e}") from e
         try:
-            program = torch.onnx.export(exported, dynamo=True, verbose=False, report=False)
+            program = torch.onnx.export(
+                exported, dynamo=True, verbose=False, report=False, custom_translation_table=custom_translations()
+            )
         except Exception as e:  # noqa: BLE001
             raise CaptureError(f"could not translate the {what} to ONNX: {type(e).__name__}: {e}") from e
     return program.model

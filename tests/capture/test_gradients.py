@@ -51,6 +51,14 @@ CASES = {
     "batchnorm2d": (nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()), (2, 6, 6)),  # fmt: skip
     "batchnorm-momentum-none": (nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4, momentum=None), nn.ReLU()), (5,)),
     "dropout-p0-flatten": (nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(12, 3)), (3, 2, 2)),
+    "two-conv-blocks-flatten": (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(8 * 2 * 2, 5),
+        ),
+        (1, 8, 8),
+    ),  # fmt: skip
     "mlp": (MLP(), (8,)),
     "cnn": (CNN(), (1, 8, 8)),
 }

@@ -1,0 +1,5 @@
+import sys
+
+from optgraph.cli import main
+
+sys.exit(main())

@@ -88,9 +88,7 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
         "dynamic_batch": bool(dynamic_batch),
         "optimizer": {**optimizer.config(), "state_has_step": optimizer.has_step_slot},
         "lr_scheduler": schedule.config(),
-        "param_groups": [
-            {"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in groups
-        ],
+        "param_groups": [{"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in groups],
         "clip_grad_norm": clip_grad_norm,
         "grad_accumulation_steps": grad_accumulation_steps,
         "producer": _producer(),

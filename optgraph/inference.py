@@ -17,8 +17,9 @@ def export_inference(eval_model: bytes, weights: dict[str, np.ndarray], path: st
     model = onnx.load_from_string(eval_model)
     graph = model.graph
     kept = [i for i in graph.input if i.name not in weights]
-    graph.initializer.extend(numpy_helper.from_array(np.asarray(weights[i.name]), i.name) for i in graph.input
-                             if i.name in weights)
+    graph.initializer.extend(
+        numpy_helper.from_array(np.asarray(weights[i.name]), i.name) for i in graph.input if i.name in weights
+    )
     del graph.input[:]
     graph.input.extend(kept)
     path = Path(path)

@@ -103,7 +103,9 @@ def _as_array(value, spec: TensorSpec) -> np.ndarray:
     try:
         return np.asarray(value, dtype=spec.dtype)
     except (TypeError, ValueError) as e:
-        raise InputError(f"{spec.role} {spec.name!r}: cannot convert {type(value).__name__} to an array ({e})") from None
+        raise InputError(
+            f"{spec.role} {spec.name!r}: cannot convert {type(value).__name__} to an array ({e})"
+        ) from None
 
 
 def _describe(spec: TensorSpec) -> str:
@@ -160,9 +162,7 @@ class TrainingSession:
         self._store = _StateStore({n: artifact.state[n] for n in manifest.state_specs()}, device)
         for runner in self._runners.values():
             runner.prepare(self._store)
-        self._loss_index = next(
-            i for i, t in enumerate(self._runners["train_step"].result_outputs) if t.role == "loss"
-        )
+        self._loss_index = next(i for i, t in enumerate(self._runners["train_step"].result_outputs) if t.role == "loss")
 
     # -- training -----------------------------------------------------------
     def step(self, *batch) -> float:

@@ -75,7 +75,7 @@ def run_parity(kind, loss, name, kwargs, steps=STEPS, schedule=None, scheduler_e
     return session
 
 
-@pytest.mark.parametrize("kind,loss", MODELS, ids=[f"{k}-{l}" for k, l in MODELS])
+@pytest.mark.parametrize("kind,loss", MODELS, ids=[f"{kind}-{loss}" for kind, loss in MODELS])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_optimizer_matches_torch(case, kind, loss):
     _, name, kwargs = case
@@ -84,4 +84,6 @@ def test_optimizer_matches_torch(case, kind, loss):
 
 @pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))])
 def test_step_lr_matches_torch(name, kwargs):
-    run_parity("cnn", "ce", name, kwargs, steps=40, schedule=("StepLR", dict(step_size=2, gamma=0.5)), scheduler_every=5)
+    run_parity(
+        "cnn", "ce", name, kwargs, steps=40, schedule=("StepLR", dict(step_size=2, gamma=0.5)), scheduler_every=5
+    )

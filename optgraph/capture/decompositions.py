@@ -119,7 +119,9 @@ def avg_pool_backward(grad_out, x, kernel_size, stride, padding, ceil_mode, coun
     return grad_in
 
 
-def avg_pool_with_divisor(x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+def avg_pool_with_divisor(
+    x, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+):
     """aten.avg_pool{2,3}d with ``divisor_override``, which the ONNX translation ignores.
 
     Rescales the count-include-pad average by (window size / override) per

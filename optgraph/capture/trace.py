@@ -15,9 +15,9 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 from optgraph.capture.decompositions import train_decompositions
 from optgraph.capture.translations import custom_translations

@@ -185,7 +185,9 @@ class Adam(Optimizer):
         maximize: bool = False,
         param_groups: Sequence[dict] | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize
+        )
         super().__init__(defaults, param_groups)
 
     def _validate(self, o):

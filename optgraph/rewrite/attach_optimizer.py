@@ -62,8 +62,12 @@ class AttachOptimizer(ir.passes.InPlacePass):
                 dtype = param.dtype.numpy()
                 state = {
                     slot: self._state_input(
-                        b, optim_slot_name(slot, name), "optim_state",
-                        np.full(param.shape.numpy(), fill, dtype), param=name, slot=slot,
+                        b,
+                        optim_slot_name(slot, name),
+                        "optim_state",
+                        np.full(param.shape.numpy(), fill, dtype),
+                        param=name,
+                        slot=slot,
                     )  # fmt: skip
                     for slot, fill in chain_slots(rules).items()
                 }

@@ -38,7 +38,10 @@ CASES = {
     "conv-depthwise": conv_net(cout=8, groups=4, stride=2, padding=1),
     "conv-no-bias-pad-rect": conv_net(bias=False, padding=(1, 0), stride=(1, 2)),
     "conv1d": (nn.Sequential(nn.Conv1d(3, 5, 4, stride=2, padding=1), nn.Flatten()), (3, 11)),
-    "conv-transpose2d": (nn.Sequential(nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), nn.Flatten()), (4, 5, 5)),  # fmt: skip
+    "conv-transpose2d": (
+        nn.Sequential(nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1), nn.Flatten()),
+        (4, 5, 5),
+    ),  # fmt: skip
     "maxpool2": pool_net(nn.MaxPool2d(2)),
     "maxpool3-stride2-pad1": pool_net(nn.MaxPool2d(3, stride=2, padding=1)),
     "maxpool-ceil": pool_net(nn.MaxPool2d(2, ceil_mode=True)),
@@ -48,14 +51,24 @@ CASES = {
     "avgpool-no-count-pad": pool_net(nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)),
     "avgpool-ceil": pool_net(nn.AvgPool2d(2, ceil_mode=True)),
     "avgpool-ceil-pad-divisor": pool_net(nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, divisor_override=4)),
-    "batchnorm2d": (nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()), (2, 6, 6)),  # fmt: skip
+    "batchnorm2d": (
+        nn.Sequential(nn.Conv2d(2, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()),
+        (2, 6, 6),
+    ),  # fmt: skip
     "batchnorm-momentum-none": (nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4, momentum=None), nn.ReLU()), (5,)),
     "dropout-p0-flatten": (nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(12, 3)), (3, 2, 2)),
     "two-conv-blocks-flatten": (
         nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(8 * 2 * 2, 5),
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 2 * 2, 5),
         ),
         (1, 8, 8),
     ),  # fmt: skip

@@ -1,0 +1,65 @@
+"""Invalid optimizer arguments raise what torch raises, message included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optgraph import optim
+
+BAD = [
+    ("SGD", dict(lr=-0.1)),
+    ("SGD", dict(momentum=-0.5)),
+    ("SGD", dict(weight_decay=-1e-3)),
+    ("SGD", dict(nesterov=True)),
+    ("SGD", dict(nesterov=True, momentum=0.9, dampening=0.1)),
+    ("Adam", dict(lr=-1.0)),
+    ("Adam", dict(eps=-1e-8)),
+    ("Adam", dict(betas=(1.0, 0.999))),
+    ("Adam", dict(betas=(0.9, -0.1))),
+    ("Adam", dict(weight_decay=-0.1)),
+    ("AdamW", dict(betas=(0.9, 1.5))),
+    ("AdamW", dict(lr=-0.01)),
+    ("Adagrad", dict(lr=-0.01)),
+    ("Adagrad", dict(lr_decay=-0.1)),
+    ("Adagrad", dict(weight_decay=-0.1)),
+    ("Adagrad", dict(initial_accumulator_value=-1.0)),
+    ("Adagrad", dict(eps=-1.0)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", BAD, ids=[f"{n}-{'-'.join(k)}" for n, k in BAD])
+def test_same_error_as_torch(name, kwargs):
+    with pytest.raises(Exception) as theirs:
+        getattr(torch.optim, name)([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+    with pytest.raises(type(theirs.value)) as ours:
+        getattr(optim, name)(**kwargs)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_param_group_overrides_are_validated_too():
+    with pytest.raises(ValueError, match="Invalid learning rate: -1"):
+        optim.Adam(param_groups=[{"params": ["fc.*"], "lr": -1}])
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['momentum'\] for Adam"):
+        optim.Adam(param_groups=[{"params": ["fc.*"], "momentum": 0.9}])
+    with pytest.raises(ValueError, match="must be a dict with a 'params' key"):
+        optim.SGD(param_groups=[{"lr": 0.1}])
+
+
+def test_param_group_that_matches_nothing_is_an_error():
+    opt = optim.SGD(param_groups=[{"params": ["decoder.*"], "lr": 0.1}])
+    with pytest.raises(ValueError, match=r"matches no trainable parameter"):
+        opt.resolve(["encoder.weight"])
+
+
+def test_defaults_are_torchs():
+    import inspect
+
+    for name in ("SGD", "Adam", "AdamW", "Adagrad"):
+        ours = inspect.signature(getattr(optim, name)).parameters
+        theirs = inspect.signature(getattr(torch.optim, name)).parameters
+        for arg, param in ours.items():
+            if arg == "param_groups":
+                continue
+            assert arg in theirs, f"{name}.{arg} is not a torch argument"
+            assert param.default == theirs[arg].default, f"{name}.{arg} default"

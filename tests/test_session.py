@@ -1,0 +1,301 @@
+"""TrainingSession and the artifact directory: resume, validation, eval, export, state dicts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from models import assert_close, clone, make_batch, make_model
+from torch import nn
+
+import optgraph
+from optgraph import lr_scheduler, optim
+from optgraph.errors import ArtifactError, InputError
+
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.fixture(scope="module")
+def cnn_artifact():
+    model = make_model("cnn")
+    x, y = make_batch("cnn", 8, torch.Generator().manual_seed(0))
+    artifact = optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(),
+        optimizer=optim.Adam(lr=0.01, amsgrad=True), lr_scheduler=lr_scheduler.StepLR(step_size=2, gamma=0.5),
+    )  # fmt: skip
+    return model, artifact
+
+
+def _batches(n, kind="cnn", seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    return [tuple(t.numpy() for t in make_batch(kind, 4 + i % 5, gen)) for i in range(n)]
+
+
+def _train(session, batches, scheduler_every=3):
+    losses = []
+    for i, batch in enumerate(batches):
+        losses.append(session.step(*batch))
+        if (i + 1) % scheduler_every == 0:
+            session.scheduler_step()
+    return losses
+
+
+def _all_state(session):
+    return {
+        **session.state_dict(),
+        **{f"{p}/{k}": v for p, s in session.optimizer_state_dict().items() for k, v in s.items()},
+    }
+
+
+def test_saved_session_resumes_bit_identically(cnn_artifact, tmp_path):
+    _, artifact = cnn_artifact
+    batches = _batches(12)
+    straight = optgraph.TrainingSession(artifact, providers=CPU)
+    straight_losses = _train(straight, batches)
+
+    first = optgraph.TrainingSession(artifact, providers=CPU)
+    losses = _train(first, batches[:6])
+    first.save(tmp_path / "ckpt")
+    resumed = optgraph.TrainingSession(tmp_path / "ckpt", providers=CPU)
+    assert resumed.lr == first.lr
+    losses += [resumed.step(*b) if (i + 7) % 3 else _step_then_schedule(resumed, b) for i, b in enumerate(batches[6:])]
+
+    assert losses == straight_losses
+    assert resumed.lr == straight.lr
+    expected, got = _all_state(straight), _all_state(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def _step_then_schedule(session, batch):
+    loss = session.step(*batch)
+    session.scheduler_step()
+    return loss
+
+
+def test_save_writes_a_complete_artifact(cnn_artifact, tmp_path):
+    _, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    session.step(*_batches(1)[0])
+    target = session.save(tmp_path / "out")
+    assert sorted(p.name for p in target.iterdir()) == [
+        "checkpoint.safetensors", "eval.onnx", "manifest.json", "scheduler_step.onnx", "train_step.onnx",
+    ]  # fmt: skip
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["format"] == "optgraph-artifact" and manifest["version"] == 1
+    train = manifest["graphs"]["train_step"]
+    roles = {t["name"]: t["role"] for t in train["inputs"]}
+    assert roles["image"] == "input" and roles["target"] == "target" and roles["conv1.weight"] == "param"
+    assert roles["bn1.running_mean"] == "buffer" and roles["optim.exp_avg.fc.bias"] == "optim_state"
+    assert roles["counter.step"] == "counter" and roles["schedule.epoch"] == "schedule_state"
+    image = next(t for t in train["inputs"] if t["name"] == "image")
+    assert image["shape"] == ["batch", 1, 8, 8] and image["dtype"] == "float32"
+    feeds = {t["name"]: t.get("feeds") for t in train["outputs"]}
+    assert feeds["conv1.weight.next"] == "conv1.weight" and feeds["loss"] is None
+    # saving again over the same directory replaces it and leaves nothing else behind
+    session.step(*_batches(1)[0])
+    session.save(tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert int(optgraph.TrainingSession(tmp_path / "out").optimizer_state_dict()["fc.bias"]["step"]) == 2
+
+
+def test_sessions_of_one_artifact_are_independent(cnn_artifact):
+    _, artifact = cnn_artifact
+    a = optgraph.TrainingSession(artifact, providers=CPU)
+    b = optgraph.TrainingSession(artifact, providers=CPU)
+    before = b.state_dict()
+    _train(a, _batches(3))
+    for key, value in b.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    np.testing.assert_array_equal(artifact.state["conv1.weight"], before["conv1.weight"])
+
+
+BAD_BATCHES = {
+    "too-few": (lambda x, y: (x,), r"step\(\) takes 2 array\(s\) \(image, target\), got 1"),
+    "float64": (
+        lambda x, y: (x.astype(np.float64), y),
+        r"input 'image': expected float32 array of shape \[batch, 1, 8, 8\], got dtype float64",
+    ),  # fmt: skip
+    "rank": (lambda x, y: (x[:, 0], y), r"input 'image': expected .* got shape \[4, 8, 8\]"),
+    "fixed-dim": (lambda x, y: (x[:, :, :7], y), r"input 'image': expected .* got shape \[4, 1, 7, 8\]"),
+    "batch-mismatch": (lambda x, y: (x, y[:3]), r"target 'target': dimension 'batch' is 3, but 4 in 'image'"),
+    "target-dtype": (lambda x, y: (x, y.astype(np.int32)), r"target 'target': expected int64"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BATCHES), ids=list(BAD_BATCHES))
+def test_invalid_batch_is_rejected_and_state_untouched(cnn_artifact, case):
+    _, artifact = cnn_artifact
+    make_bad, message = BAD_BATCHES[case]
+    x, y = _batches(1)[0]
+    x, y = x[:4], y[:4]
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    reference = optgraph.TrainingSession(artifact, providers=CPU)
+    with pytest.raises(InputError, match=message):
+        session.step(*make_bad(x, y))
+    assert session.step(x, y) == reference.step(x, y)
+    for key, value in reference.state_dict().items():
+        np.testing.assert_array_equal(session.state_dict()[key], value)
+
+
+def test_torch_tensors_and_lists_are_accepted(cnn_artifact):
+    _, artifact = cnn_artifact
+    x, y = _batches(1)[0]
+    a = optgraph.TrainingSession(artifact, providers=CPU)
+    b = optgraph.TrainingSession(artifact, providers=CPU)
+    assert a.step(torch.from_numpy(x), torch.from_numpy(y)) == b.step(x, y.tolist())
+
+
+def test_eval_and_export_inference_match_torch_eval(cnn_artifact, tmp_path):
+    model, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    _train(session, _batches(5))
+    trained = clone(model)
+    trained.load_state_dict({k: torch.from_numpy(v) for k, v in session.state_dict().items()})
+    trained.eval()
+    x = _batches(1, seed=9)[0][0]
+    with torch.no_grad():
+        expected = trained(torch.from_numpy(x))
+    assert_close(session.eval(x), expected, "session.eval")
+    path = session.export_inference(tmp_path / "model.onnx")
+    inference = ort.InferenceSession(str(path), providers=CPU)
+    assert [i.name for i in inference.get_inputs()] == ["image"]
+    assert_close(inference.run(None, {"image": x})[0], expected, "exported model")
+    x13 = np.concatenate([x, x, x, x[:1]])
+    assert inference.run(None, {"image": x13})[0].shape == (13, 10)
+
+
+def test_optimizer_state_is_empty_before_the_first_step(cnn_artifact):
+    _, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    assert session.optimizer_state_dict() == {}
+    session.step(*_batches(1)[0])
+    state = session.optimizer_state_dict()
+    assert set(state["conv1.weight"]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert state["conv1.weight"]["step"].dtype == np.float32 and float(state["conv1.weight"]["step"]) == 1.0
+
+
+class Frozen(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.embed.requires_grad_(False)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, features):
+        return self.head(torch.relu(self.embed(features)))
+
+
+def test_frozen_parameters_are_kept_and_param_groups_match_torch():
+    torch.manual_seed(0)
+    model = Frozen()
+    reference = clone(model)
+    groups = [{"params": ["*.bias"], "lr": 0.05, "weight_decay": 0.0}]
+    gen = torch.Generator().manual_seed(0)
+    x, y = make_batch("mlp", 6, gen)
+    artifact = optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.SGD(lr=0.1, momentum=0.9, weight_decay=0.1, param_groups=groups)
+    )  # fmt: skip
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    torch_opt = torch.optim.SGD(
+        [{"params": [reference.head.bias], "lr": 0.05, "weight_decay": 0.0}, {"params": [reference.head.weight]}],
+        lr=0.1, momentum=0.9, weight_decay=0.1,
+    )  # fmt: skip
+    assert session.lr == [0.05, 0.1]
+    for step in range(10):
+        x, y = make_batch("mlp", 6, gen)
+        loss = session.step(x, y)
+        torch_opt.zero_grad()
+        expected = nn.functional.cross_entropy(reference(x), y)
+        expected.backward()
+        torch_opt.step()
+        assert_close(loss, expected, f"loss {step}")
+        for key, value in reference.state_dict().items():
+            assert_close(session.state_dict()[key], value, f"{key} after step {step}")
+    np.testing.assert_array_equal(session.state_dict()["embed.weight"], model.embed.weight.detach().numpy())
+    assert "embed.weight" not in session.optimizer_state_dict()
+
+
+def _corrupt(artifact_dir, edit):
+    edit(artifact_dir)
+    return artifact_dir
+
+
+CORRUPTIONS = {
+    "unknown-version": (lambda d: _edit_manifest(d, version=2), r"format version 2 is not supported"),
+    "wrong-format": (lambda d: _edit_manifest(d, format="other"), r"format is 'other'"),
+    "missing-graph": (lambda d: (d / "eval.onnx").unlink(), r"eval.onnx: missing"),
+    "path-outside": (lambda d: _edit_graph_file(d, "../train_step.onnx"), r"must be a plain name inside the directory"),
+    "truncated-checkpoint": (lambda d: _truncate(d / "checkpoint.safetensors"), r"checkpoint.safetensors: not a readable"),
+    "manifest-not-json": (lambda d: (d / "manifest.json").write_text("{"), r"manifest.json is not valid JSON"),
+    "shape-mismatch": (lambda d: _edit_param_shape(d), r"tensor 'fc.bias' is float32\[10\], manifest.json expects float32\[11\]"),
+}  # fmt: skip
+
+
+def _edit_manifest(d, **changes):
+    data = json.loads((d / "manifest.json").read_text())
+    data.update(changes)
+    (d / "manifest.json").write_text(json.dumps(data))
+
+
+def _edit_graph_file(d, file):
+    data = json.loads((d / "manifest.json").read_text())
+    data["graphs"]["train_step"]["file"] = file
+    (d / "manifest.json").write_text(json.dumps(data))
+
+
+def _edit_param_shape(d):
+    data = json.loads((d / "manifest.json").read_text())
+    for graph in data["graphs"].values():
+        for t in graph["inputs"] + graph["outputs"]:
+            if t["name"] in ("fc.bias", "fc.bias.next"):
+                t["shape"] = [11]
+    (d / "manifest.json").write_text(json.dumps(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS), ids=list(CORRUPTIONS))
+def test_corrupt_artifact_is_rejected_clearly(cnn_artifact, tmp_path, case):
+    _, artifact = cnn_artifact
+    directory = artifact.save(tmp_path / "art")
+    corrupt, message = CORRUPTIONS[case]
+    corrupt(directory)
+    with pytest.raises(ArtifactError, match=message):
+        optgraph.TrainingSession(directory)
+
+
+def test_training_needs_no_torch(cnn_artifact, tmp_path):
+    _, artifact = cnn_artifact
+    directory = artifact.save(tmp_path / "art")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, BlockTorch())
+        import numpy as np
+        import optgraph
+        session = optgraph.TrainingSession({str(directory)!r})
+        x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+        loss = session.step(x, np.arange(5, dtype=np.int64))
+        session.scheduler_step()
+        assert np.isfinite(loss), loss
+        assert "torch" not in sys.modules
+        print("ok", loss)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")

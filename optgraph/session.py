@@ -61,9 +61,12 @@ _ORT_TYPES = {
 class _GraphRunner:
     """One graph: binds state from the store, runs, and swaps in the next state."""
 
-    def __init__(self, model: bytes, spec: GraphSpec, providers: Sequence, name: str) -> None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+    def __init__(
+        self, model: bytes, spec: GraphSpec, providers: Sequence, name: str, options: ort.SessionOptions | None
+    ) -> None:
+        if options is None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
         self.name = name
         self.session = ort.InferenceSession(model, options, providers=list(providers))
         self.spec = spec
@@ -146,16 +149,22 @@ class TrainingSession:
     Args:
         artifact: an :class:`~optgraph.artifact.Artifact` or the path of an artifact directory.
         providers: onnxruntime execution providers; None picks CUDA when available, else CPU.
+        session_options: onnxruntime session options (threads, profiling) for every graph.
     """
 
-    def __init__(self, artifact: Artifact | str | os.PathLike, providers: Sequence | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Artifact | str | os.PathLike,
+        providers: Sequence | None = None,
+        session_options: ort.SessionOptions | None = None,
+    ) -> None:
         if not isinstance(artifact, Artifact):
             artifact = Artifact.load(artifact)
         self._artifact = artifact
         manifest = artifact.manifest
         providers = default_providers() if providers is None else list(providers)
         self._runners = {
-            name: _GraphRunner(artifact.graphs[name], manifest.graphs[name], providers, name)
+            name: _GraphRunner(artifact.graphs[name], manifest.graphs[name], providers, name, session_options)
             for name in ("train_step", "scheduler_step", "eval")
         }
         device = "cuda" if self._runners["train_step"].session.get_providers()[0] == CUDA else "cpu"

@@ -9,6 +9,8 @@ Every entry here is covered by a gradient-parity test.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
@@ -48,6 +50,36 @@ def _conv_weight_grad(x, grad_out, weight_shape, stride, padding, dilation, grou
     return corr.transpose(0, 1)
 
 
+def _conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, dilation, groups):
+    """dL/dW as batched matrix products over im2col patches built from strided slices.
+
+    One GEMM per sample and group (``patches @ grad_out^T``), summed over the
+    batch: dense, well-shaped matrix products instead of a convolution whose
+    kernel is the whole feature map.
+    """
+    nd = len(weight_shape) - 2
+    n, c_in, c_out = x.shape[0], x.shape[1], grad_out.shape[1]
+    cg, og = c_in // groups, c_out // groups
+    kernel, out_size = list(weight_shape[2:]), list(grad_out.shape[2:])
+    for d in range(nd):  # zero padding by concatenation: constant_pad_nd's decomposition specialises the batch
+        if padding[d]:
+            zeros = x.new_zeros([*x.shape[: 2 + d], padding[d], *x.shape[3 + d :]])
+            x = torch.cat([zeros, x, zeros], dim=2 + d)
+    patches = []
+    for offsets in itertools.product(*(range(k) for k in kernel)):
+        patch = x
+        for d, offset in enumerate(offsets):
+            start = offset * dilation[d]
+            patch = aten.slice(patch, 2 + d, start, start + stride[d] * (out_size[d] - 1) + 1, stride[d])
+        patches.append(patch)
+    positions = math.prod(out_size)
+    taps = math.prod(kernel)
+    cols = torch.stack(patches, dim=2).reshape(n * groups, cg * taps, positions)
+    grads = grad_out.reshape(n * groups, og, positions).transpose(1, 2)
+    per_sample = aten.bmm(cols, grads).reshape(n, groups, cg * taps, og)
+    return per_sample.sum(0).transpose(1, 2).reshape(c_out, cg, *kernel)
+
+
 def convolution_backward(
     grad_out, x, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
 ):
@@ -67,7 +99,7 @@ def convolution_backward(
             pad_out = _conv_output_padding(x.shape[2:], grad_out.shape[2:], stride, padding, dilation, weight.shape[2:])
             grad_input = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, pad_out, groups)
         if output_mask[1]:
-            grad_weight = _conv_weight_grad(x, grad_out, weight.shape, stride, padding, dilation, groups)
+            grad_weight = _conv_weight_grad_im2col(x, grad_out, weight.shape, stride, padding, dilation, groups)
     if output_mask[2]:
         grad_bias = grad_out.sum([0, *range(2, 2 + nd)])
     return grad_input, grad_weight, grad_bias
@@ -144,6 +176,12 @@ def avg_pool_with_divisor(
     return mean * (scale / divisor_override)
 
 
+def threshold_backward(grad_out, x, threshold):
+    """ReLU's backward as ``grad * (x > threshold)``: a Mul, where a Where with a
+    broadcast scalar is several times slower in onnxruntime."""
+    return grad_out * (x > threshold).to(grad_out.dtype)
+
+
 @functools.cache
 def train_decompositions() -> dict:
     """The decomposition table for tracing a train step."""
@@ -161,6 +199,7 @@ def train_decompositions() -> dict:
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.avg_pool2d_backward.default] = avg_pool_backward
     table[aten.avg_pool3d_backward.default] = avg_pool_backward
+    table[aten.threshold_backward.default] = threshold_backward
     table[aten.avg_pool2d.default] = avg_pool_with_divisor
     table[aten.avg_pool3d.default] = avg_pool_with_divisor
     return table

@@ -39,12 +39,21 @@ MODELS = {"mlp": mlp, "cnn": cnn}
 
 
 def _time(fn, steps: int) -> float:
-    for _ in range(10):
-        fn()
     start = time.perf_counter()
     for _ in range(steps):
         fn()
     return (time.perf_counter() - start) / steps
+
+
+def _interleaved(fns, steps: int, rounds: int = 5) -> list[float]:
+    """Median time per call of each function, measured in alternating rounds (machine noise hits both)."""
+    for fn in fns:
+        _time(fn, 10)
+    samples = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            samples[i].append(_time(fn, max(1, steps // rounds)))
+    return [sorted(s)[len(s) // 2] for s in samples]
 
 
 def bench(name: str, batch: int, steps: int, threads: int) -> dict:
@@ -58,7 +67,6 @@ def bench(name: str, batch: int, steps: int, threads: int) -> dict:
     options.intra_op_num_threads = threads
     session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"], session_options=options)
     xn, yn = x.numpy(), y.numpy()
-    ours = _time(lambda: session.step(xn, yn), steps)
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -67,7 +75,7 @@ def bench(name: str, batch: int, steps: int, threads: int) -> dict:
         loss_fn(model(x), y).backward()
         opt.step()
 
-    theirs = _time(torch_step, steps)
+    ours, theirs = _interleaved([lambda: session.step(xn, yn), torch_step], steps)
     return {"model": name, "batch": batch, "optgraph_ms": ours * 1e3, "torch_ms": theirs * 1e3}
 
 

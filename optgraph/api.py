@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx_ir as ir
 
 from optgraph import lr_scheduler as schedules
 from optgraph import optim
 from optgraph.artifact import Artifact, GraphSpec, Manifest, TensorSpec
-from optgraph.rewrite.attach_optimizer import AttachOptimizer
-from optgraph.rewrite.clip import ClipGradNorm
-from optgraph.rewrite.scheduler_graph import build_scheduler_step
 from optgraph.rewrite.state import NEXT
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 GRAPH_FILES = {"train_step": "train_step.onnx", "scheduler_step": "scheduler_step.onnx", "eval": "eval.onnx"}
 
@@ -46,7 +46,13 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
     Returns:
         An :class:`~optgraph.artifact.Artifact`; ``save`` it or open a ``TrainingSession`` on it.
     """
-    from optgraph.capture import capture  # the only torch import, deferred to here
+    # Compile-time packages (torch, onnxscript, onnx-ir) are imported here, not with optgraph.
+    import onnx_ir as ir
+
+    from optgraph.capture import capture
+    from optgraph.rewrite.attach_optimizer import AttachOptimizer
+    from optgraph.rewrite.clip import ClipGradNorm
+    from optgraph.rewrite.scheduler_graph import build_scheduler_step
 
     optimizer = optim.Adam() if optimizer is None else optimizer
     if not isinstance(optimizer, optim.Optimizer):

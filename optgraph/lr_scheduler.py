@@ -9,11 +9,12 @@ number of ``scheduler_step()`` calls). It emits that function as graph nodes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx_ir as ir
+if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
+    import onnx_ir as ir
 
-from optgraph.rewrite.builder import DOUBLE, GraphBuilder
+    from optgraph.rewrite.builder import GraphBuilder
 
 
 class LRScheduler:
@@ -44,7 +45,7 @@ class ConstantSchedule(LRScheduler):
     """No schedule: the base learning rate at every epoch."""
 
     def emit_lr(self, b, epoch, base_lr):
-        return b.const(base_lr, DOUBLE)
+        return b.double(base_lr)
 
     def value(self, epoch, base_lr):
         return base_lr
@@ -60,8 +61,8 @@ class StepLR(LRScheduler):
         self.gamma = float(gamma)
 
     def emit_lr(self, b, epoch, base_lr):
-        periods = b.op("Floor", b.op("Div", epoch, b.const(self.step_size, DOUBLE)))
-        return b.op("Mul", b.const(base_lr, DOUBLE), b.op("Pow", b.const(self.gamma, DOUBLE), periods))
+        periods = b.op("Floor", b.op("Div", epoch, b.double(self.step_size)))
+        return b.op("Mul", b.double(base_lr), b.op("Pow", b.double(self.gamma), periods))
 
     def value(self, epoch, base_lr):
         return base_lr * self.gamma ** (epoch // self.step_size)

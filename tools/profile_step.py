@@ -1,6 +1,6 @@
 """Profile ``train_step.onnx`` of an artifact with onnxruntime's profiler: time per op type.
 
-    python tools/profile_step.py ARTIFACT_DIR [--batch 64] [--steps 50] [--threads 2]
+python tools/profile_step.py ARTIFACT_DIR [--batch 64] [--steps 50] [--threads 2]
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import onnx_ir as ir
+if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
+    import onnx_ir as ir
 
-from optgraph.rewrite.builder import DOUBLE, GraphBuilder
+    from optgraph.rewrite.builder import GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class UpdateContext:
 
     def d(self, number: float) -> ir.Value:
         """A float64 constant, for scalar arithmetic."""
-        return self.b.const(number, DOUBLE)
+        return self.b.double(number)
 
 
-State = Mapping[str, ir.Value]
+State = Mapping[str, "ir.Value"]
 
 
 class UpdateRule:

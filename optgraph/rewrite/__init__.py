@@ -2,11 +2,5 @@
 
 This package knows ONNX graphs (through onnx-ir) and nothing of torch or
 onnxruntime. Update rules and schedules emit their nodes through
-:class:`GraphBuilder`.
+:class:`optgraph.rewrite.builder.GraphBuilder`; each pass lives in its own module.
 """
-
-from __future__ import annotations
-
-from optgraph.rewrite.builder import GraphBuilder
-
-__all__ = ["GraphBuilder"]

@@ -105,6 +105,10 @@ class GraphBuilder:
             self._constants[key] = node.outputs[0]
         return self._constants[key]
 
+    def double(self, value) -> ir.Value:
+        """A float64 constant (scalar arithmetic is done in float64, like torch's Python floats)."""
+        return self.const(value, DOUBLE)
+
     def add_input(self, name: str, dtype: ir.DataType, shape: Sequence[int | str]) -> ir.Value:
         """Append a graph input."""
         if name in self._taken:

@@ -46,29 +46,44 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
     Returns:
         An :class:`~optgraph.artifact.Artifact`; ``save`` it or open a ``TrainingSession`` on it.
     """
-    # Compile-time packages (torch, onnxscript, onnx-ir) are imported here, not with optgraph.
-    import onnx_ir as ir
+    _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
+    from optgraph.capture import capture  # torch is imported here, not with optgraph
 
-    from optgraph.capture import capture
-    from optgraph.rewrite.attach_optimizer import AttachOptimizer
-    from optgraph.rewrite.clip import ClipGradNorm
-    from optgraph.rewrite.scheduler_graph import build_scheduler_step
+    captured = capture(model, example_inputs, example_targets, loss_fn, dynamic_batch)
+    return build_artifact(captured, optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
 
-    optimizer = optim.Adam() if optimizer is None else optimizer
-    if not isinstance(optimizer, optim.Optimizer):
+
+def _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps) -> None:
+    if optimizer is not None and not isinstance(optimizer, optim.Optimizer):
         raise TypeError(f"optimizer must be an optgraph.optim optimizer, got {type(optimizer).__name__}")
-    schedule = schedules.ConstantSchedule() if lr_scheduler is None else lr_scheduler
-    if not isinstance(schedule, schedules.LRScheduler):
-        raise TypeError(f"lr_scheduler must be an optgraph.lr_scheduler schedule, got {type(schedule).__name__}")
+    if lr_scheduler is not None and not isinstance(lr_scheduler, schedules.LRScheduler):
+        raise TypeError(f"lr_scheduler must be an optgraph.lr_scheduler schedule, got {type(lr_scheduler).__name__}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"clip_grad_norm must be a positive float or None, got {clip_grad_norm!r}")
     if grad_accumulation_steps != 1:
         raise NotImplementedError("grad_accumulation_steps > 1 is not supported yet")
 
-    captured = capture(model, example_inputs, example_targets, loss_fn, dynamic_batch)
+
+def build_artifact(
+    captured,
+    optimizer: optim.Optimizer | None = None,
+    lr_scheduler: schedules.LRScheduler | None = None,
+    clip_grad_norm: float | None = None,
+    grad_accumulation_steps: int = 1,
+) -> Artifact:
+    """Rewrite a :class:`~optgraph.capture.Captured` into an artifact (the capture is left unchanged)."""
+    import onnx_ir as ir
+
+    from optgraph.rewrite.attach_optimizer import AttachOptimizer
+    from optgraph.rewrite.clip import ClipGradNorm
+    from optgraph.rewrite.scheduler_graph import build_scheduler_step
+
+    _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
+    optimizer = optim.Adam() if optimizer is None else optimizer
+    schedule = schedules.ConstantSchedule() if lr_scheduler is None else lr_scheduler
     groups = optimizer.resolve(captured.trainable)
 
-    train = captured.train
+    train = ir.from_proto(ir.to_proto(captured.train))  # a copy: the passes work in place
     if clip_grad_norm is not None:
         ClipGradNorm(float(clip_grad_norm))(train)
     attach = AttachOptimizer(optimizer, schedule, groups)
@@ -91,7 +106,8 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
         "data_inputs": captured.data_names,
         "targets": captured.target_names,
         "outputs": captured.output_names,
-        "dynamic_batch": bool(dynamic_batch),
+        "aliases": captured.aliases,
+        "dynamic_batch": captured.dynamic_batch,
         "optimizer": {**optimizer.config(), "state_has_step": optimizer.has_step_slot},
         "lr_scheduler": schedule.config(),
         "param_groups": [{"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in groups],

@@ -216,8 +216,11 @@ class TrainingSession:
         return [t for t in self._artifact.manifest.state_specs().values() if t.role in roles]
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters and buffers by torch name: loads into the torch model."""
-        return {t.name: self._store.read(t.name) for t in self._specs("param", "buffer")}
+        """Parameters and buffers by torch name (tied weights under each of their names): loads into the torch model."""
+        state = {t.name: self._store.read(t.name) for t in self._specs("param", "buffer")}
+        for alias, name in self._artifact.manifest.extra.get("aliases", {}).items():
+            state[alias] = state[name]
+        return state
 
     def optimizer_state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         """Optimizer state per parameter with torch's slot names; empty before the first step (as torch)."""

@@ -30,6 +30,7 @@ class Captured:
         eval: inputs ``[*data, *params, *buffers]``; outputs ``output`` or
             ``output_0``, ``output_1``, ...
         state: initial value of every parameter and buffer, by torch name.
+        aliases: second names of shared tensors (tied weights) -> the name used in the graphs.
     """
 
     train: ir.Model
@@ -42,6 +43,8 @@ class Captured:
     updated_buffers: list[str]
     output_names: list[str]
     state: dict[str, np.ndarray]
+    dynamic_batch: bool
+    aliases: dict[str, str]
 
 
 def _as_tensor_tuple(values, what: str) -> tuple[torch.Tensor, ...]:
@@ -96,6 +99,18 @@ def _name_io(model: ir.Model, input_names: Sequence[str], output_names: Sequence
         value.name = name
 
 
+def _aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Every extra name of a parameter or buffer registered under several names (tied weights)."""
+    aliases = {}
+    for named in (model.named_parameters, model.named_buffers):
+        first: dict[int, str] = {}
+        for name, tensor in named(remove_duplicate=False):
+            canonical = first.setdefault(id(tensor), name)
+            if canonical != name:
+                aliases[name] = canonical
+    return aliases
+
+
 def _passes_through(value: ir.Value) -> ir.Value:
     while value.producer() is not None and value.producer().op_type == "Identity":
         value = value.producer().inputs[0]
@@ -147,6 +162,7 @@ def capture(
     buffer_values = [b.detach() for _, b in model.named_buffers()]
     state_names = trainable + frozen + buffer_names
     n_data = len(inputs) + len(targets)
+    aliases = _aliases(model)
 
     def train_step(*flat):
         data, tgt = flat[: len(inputs)], flat[len(inputs) : n_data]
@@ -205,4 +221,5 @@ def capture(
     return Captured(
         train=train, eval=evaluation, data_names=data_names, target_names=tnames, trainable=trainable,
         frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=output_names, state=state,
+        dynamic_batch=bool(dynamic_batch), aliases=aliases,
     )  # fmt: skip

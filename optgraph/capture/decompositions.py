@@ -182,10 +182,44 @@ def threshold_backward(grad_out, x, threshold):
     return grad_out * (x > threshold).to(grad_out.dtype)
 
 
+def _adaptive_pool_matrix(in_size: int, out_size: int, dtype) -> torch.Tensor:
+    """(out, in) averaging matrix of adaptive pooling along one dimension (torch's window bounds)."""
+    rows = []
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        rows.append([1.0 / (end - start) if start <= j < end else 0.0 for j in range(in_size)])
+    return torch.tensor(rows, dtype=dtype)  # built from Python lists: in-place writes would be traced
+
+
+def adaptive_avg_pool_backward(grad_out, x):
+    """aten._adaptive_avg_pool{2,3}d_backward: adaptive averaging is separable, so its
+    gradient is one small matrix product per spatial dimension."""
+    nd = grad_out.dim() - 2
+    grad = grad_out
+    for d in range(nd):
+        matrix = _adaptive_pool_matrix(x.shape[2 + d], grad_out.shape[2 + d], grad_out.dtype)
+        # contract dimension 2 + d of grad with the (out, in) matrix, keeping the order of dimensions
+        grad = torch.matmul(grad.movedim(2 + d, -1), matrix).movedim(-1, 2 + d)
+    return grad
+
+
+_PINS_BATCH = [
+    aten.lstm.input, aten.lstm.data, aten.gru.input, aten.gru.data,
+    aten.rnn_tanh.input, aten.rnn_tanh.data, aten.rnn_relu.input, aten.rnn_relu.data,
+    aten.upsample_nearest1d.default, aten.upsample_nearest2d.default, aten.upsample_nearest3d.default,
+    aten.upsample_nearest1d.vec, aten.upsample_nearest3d.vec,
+]  # fmt: skip
+
+
 @functools.cache
 def train_decompositions() -> dict:
     """The decomposition table for tracing a train step."""
     table = dict(core_aten_decompositions())
+    # Python decompositions of these composite ops call int() on sizes and so pin the
+    # batch dimension; torch's C++ composites trace symbolically.
+    for op in _PINS_BATCH:
+        table.pop(op, None)
     table.update(
         get_decompositions(
             [
@@ -199,6 +233,8 @@ def train_decompositions() -> dict:
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.avg_pool2d_backward.default] = avg_pool_backward
     table[aten.avg_pool3d_backward.default] = avg_pool_backward
+    table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool_backward
+    table[aten._adaptive_avg_pool3d_backward.default] = adaptive_avg_pool_backward
     table[aten.threshold_backward.default] = threshold_backward
     table[aten.avg_pool2d.default] = avg_pool_with_divisor
     table[aten.avg_pool3d.default] = avg_pool_with_divisor

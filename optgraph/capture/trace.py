@@ -98,7 +98,8 @@ def trace_to_onnx(
     """
     dynamic = [dynamic_batch and flag and a.dim() > 0 for a, flag in zip(args, batched)]
     args = [_trace_size(a) if d else a for a, d in zip(args, dynamic)]
-    fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+    # Non-fake inputs are constants the model or loss holds (a loss's class weights): they become graph constants.
+    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
 
     def fake(t: torch.Tensor, dyn: bool) -> torch.Tensor:
         sizes = [DimDynamic.DYNAMIC if (dyn and i == 0) else DimDynamic.STATIC for i in range(t.dim())]

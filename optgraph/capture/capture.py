@@ -13,6 +13,7 @@ import torch
 from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
+from optgraph.capture.diagnostics import ModuleTracker
 from optgraph.capture.patches import traceable_modules
 from optgraph.capture.trace import BATCH_DIM, trace_to_onnx
 from optgraph.errors import CaptureError
@@ -174,7 +175,11 @@ def capture(
             outputs = functional_call(model, {**params, **buffers}, tuple(data))
             loss = loss_fn(outputs, *tgt)
             if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                shape = (
+                    tuple(d if isinstance(d, int) else BATCH_DIM for d in loss.shape)
+                    if isinstance(loss, torch.Tensor)
+                    else type(loss).__name__
+                )
                 raise CaptureError(f"loss_fn must return a scalar tensor, got {shape}")
             grads = torch.autograd.grad(loss, [params[n] for n in trainable], allow_unused=True)
         grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(trainable, grads)]
@@ -184,10 +189,11 @@ def capture(
     try:
         stack = contextlib.ExitStack()
         stack.enter_context(traceable_modules(model))
+        tracker = stack.enter_context(ModuleTracker(model))
         model.train()
         train = trace_to_onnx(
             train_step, [*inputs, *targets, *param_values, *buffer_values],
-            [True] * n_data + [False] * len(state_names), dynamic_batch, "train step",
+            [True] * n_data + [False] * len(state_names), dynamic_batch, "train step", tracker,
         )  # fmt: skip
         _name_io(
             train, [*data_names, *tnames, *state_names],
@@ -208,7 +214,7 @@ def capture(
         model.eval()
         evaluation = trace_to_onnx(
             eval_forward, [*inputs, *param_values, *buffer_values],
-            [True] * len(inputs) + [False] * len(state_names), dynamic_batch, "eval forward",
+            [True] * len(inputs) + [False] * len(state_names), dynamic_batch, "eval forward", tracker,
         )  # fmt: skip
     finally:
         stack.close()

@@ -207,8 +207,6 @@ def adaptive_avg_pool_backward(grad_out, x):
 _PINS_BATCH = [
     aten.lstm.input, aten.lstm.data, aten.gru.input, aten.gru.data,
     aten.rnn_tanh.input, aten.rnn_tanh.data, aten.rnn_relu.input, aten.rnn_relu.data,
-    aten.upsample_nearest1d.default, aten.upsample_nearest2d.default, aten.upsample_nearest3d.default,
-    aten.upsample_nearest1d.vec, aten.upsample_nearest3d.vec,
 ]  # fmt: skip
 
 
@@ -227,6 +225,13 @@ def train_decompositions() -> dict:
                 aten._native_batch_norm_legit_functional,
                 aten._native_batch_norm_legit_no_training,
                 aten.native_batch_norm,
+                # the C++ composites of interpolate read concrete sizes and would pin the batch
+                aten.upsample_nearest1d.vec,
+                aten.upsample_nearest2d.vec,
+                aten.upsample_nearest3d.vec,
+                aten.upsample_linear1d.vec,
+                aten.upsample_bilinear2d.vec,
+                aten.upsample_trilinear3d.vec,
             ]
         )
     )

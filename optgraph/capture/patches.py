@@ -3,6 +3,9 @@
 - ``BatchNorm(momentum=None)`` computes its cumulative-average factor with
   ``float(num_batches_tracked)``, a data-dependent Python number; here the
   factor stays a tensor.
+- ``F.interpolate`` (nearest, linear, bilinear, trilinear): torch's C++
+  composite reads concrete sizes and pins the batch; here it runs torch's
+  own Python decomposition, which traces symbolically.
 - ``LSTM`` / ``GRU`` / ``RNN``: torch's fused kernels read the batch size as
   a concrete integer, which pins the batch dimension; here the recurrence is
   written out in tensor ops (unrolled over time, the input projection done
@@ -111,6 +114,40 @@ def _unrolled_rnn(self: nn.RNNBase, input: torch.Tensor, hx=None):
     return output, hidden
 
 
+_INTERPOLATIONS = {
+    ("nearest", 3): (torch.ops.aten.upsample_nearest1d.vec, False),
+    ("nearest", 4): (torch.ops.aten.upsample_nearest2d.vec, False),
+    ("nearest", 5): (torch.ops.aten.upsample_nearest3d.vec, False),
+    ("linear", 3): (torch.ops.aten.upsample_linear1d.vec, True),
+    ("bilinear", 4): (torch.ops.aten.upsample_bilinear2d.vec, True),
+    ("trilinear", 5): (torch.ops.aten.upsample_trilinear3d.vec, True),
+}
+
+
+def _traceable_interpolate(original):
+    from torch._decomp import decomposition_table
+
+    def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                    recompute_scale_factor=None, antialias=False):  # fmt: skip
+        found = _INTERPOLATIONS.get((mode, input.dim()))
+        if found is None or antialias or recompute_scale_factor or found[0] not in decomposition_table:
+            return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+        op, takes_align_corners = found
+        spatial = input.dim() - 2
+        if size is not None:
+            output_size = [size] * spatial if isinstance(size, int) else list(size)
+            scales = None
+        else:
+            output_size = None
+            scales = [float(scale_factor)] * spatial if isinstance(scale_factor, (int, float)) else list(scale_factor)
+        args = (
+            (input, output_size, bool(align_corners), scales) if takes_align_corners else (input, output_size, scales)
+        )
+        return decomposition_table[op](*args)
+
+    return interpolate
+
+
 @contextlib.contextmanager
 def traceable_modules(model: nn.Module) -> Iterator[None]:
     """Install traceable forwards on the modules that need them, for the duration of a trace."""
@@ -122,8 +159,11 @@ def traceable_modules(model: nn.Module) -> Iterator[None]:
         elif isinstance(module, nn.RNNBase):
             module.forward = types.MethodType(_unrolled_rnn, module)
             patched.append(module)
+    original_interpolate = F.interpolate
+    F.interpolate = _traceable_interpolate(original_interpolate)
     try:
         yield
     finally:
+        F.interpolate = original_interpolate
         for module in patched:
             del module.forward

@@ -20,6 +20,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
 from optgraph.capture.decompositions import train_decompositions
+from optgraph.capture.diagnostics import ModuleTracker
 from optgraph.capture.translations import custom_translations
 from optgraph.errors import CaptureError
 
@@ -75,6 +76,13 @@ def _make_exportable(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a chain: the exporter wraps the useful one several times."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def _trace_size(t: torch.Tensor) -> torch.Tensor:
     """A batch of at least 2 rows, so the tracer cannot specialise batch 1."""
     return torch.cat([t, t]) if t.shape[0] == 1 else t
@@ -86,6 +94,7 @@ def trace_to_onnx(
     batched: Sequence[bool],
     dynamic_batch: bool,
     what: str,
+    tracker: ModuleTracker,
 ):
     """Trace ``fn(*args)`` and export it to an onnx-ir model.
 
@@ -95,6 +104,7 @@ def trace_to_onnx(
         batched: for each arg, whether its dim 0 is the batch.
         dynamic_batch: make the batch dimension symbolic.
         what: a short description for error messages ("train step", "eval forward").
+        tracker: the active module tracker, which explains failures.
     """
     dynamic = [dynamic_batch and flag and a.dim() > 0 for a, flag in zip(args, batched)]
     args = [_trace_size(a) if d else a for a, d in zip(args, dynamic)]
@@ -114,7 +124,7 @@ def trace_to_onnx(
         except CaptureError:
             raise
         except Exception as e:  # noqa: BLE001 - any tracer failure becomes a CaptureError
-            raise CaptureError(f"could not trace the {what}: {type(e).__name__}: {e}") from e
+            raise tracker.error(what, _root_cause(e)) from e
         batch = torch.export.Dim(BATCH_DIM) if any(dynamic) else None
         shapes = [{0: batch} if d else None for d in dynamic]
         try:
@@ -127,5 +137,5 @@ def trace_to_onnx(
                 exported, dynamo=True, verbose=False, report=False, custom_translation_table=custom_translations()
             )
         except Exception as e:  # noqa: BLE001
-            raise CaptureError(f"could not translate the {what} to ONNX: {type(e).__name__}: {e}") from e
+            raise tracker.error(f"{what} (no ONNX translation)", _root_cause(e)) from e
     return program.model

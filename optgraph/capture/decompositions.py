@@ -204,6 +204,32 @@ def adaptive_avg_pool_backward(grad_out, x):
     return grad
 
 
+# Ops the exporter has no translation for but decomposes in a second full re-trace of
+# the graph; decomposing them while we trace lets translation skip that pass (a graph
+# that still holds an untranslatable op takes the exporter's full path).
+_FOR_ONNX = [aten._adaptive_avg_pool2d.default, aten.max_pool2d_with_indices_backward.default]
+
+
+def squeeze_dims(x, dims):
+    """aten.squeeze.dims as a reshape (torch's own decomposition emits prims)."""
+    dims = {d % max(x.dim(), 1) for d in dims}
+    if any(not isinstance(x.shape[d], int) for d in dims):
+        return NotImplemented  # a symbolic (batch) dimension: leave it to the exporter
+    return aten.reshape.default(x, [size for i, size in enumerate(x.shape) if not (i in dims and size == 1)])
+
+
+def var_mean_correction(x, dim=None, *, correction=None, keepdim=False):
+    """aten.var_mean.correction in two passes (torch's own decomposition emits prims)."""
+    dims = list(range(x.dim())) if dim is None else [d % x.dim() for d in dim]
+    mean = aten.mean.dim(x, dims, True)
+    count = 1
+    for d in dims:
+        count = count * x.shape[d]
+    squares = aten.sum.dim_IntList((x - mean) * (x - mean), dims, keepdim)
+    var = squares / (count - (1 if correction is None else correction))
+    return var, (mean if keepdim else squeeze_dims(mean, dims))
+
+
 _PINS_BATCH = [
     aten.lstm.input, aten.lstm.data, aten.gru.input, aten.gru.data,
     aten.rnn_tanh.input, aten.rnn_tanh.data, aten.rnn_relu.input, aten.rnn_relu.data,
@@ -214,6 +240,9 @@ _PINS_BATCH = [
 def train_decompositions() -> dict:
     """The decomposition table for tracing a train step."""
     table = dict(core_aten_decompositions())
+    table.update(get_decompositions(_FOR_ONNX))
+    table[aten.squeeze.dims] = squeeze_dims
+    table[aten.var_mean.correction] = var_mean_correction
     # Python decompositions of these composite ops call int() on sizes and so pin the
     # batch dimension; torch's C++ composites trace symbolically.
     for op in _PINS_BATCH:

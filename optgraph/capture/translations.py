@@ -25,3 +25,14 @@ def empty_permuted(size, physical_layout, dtype: int = -1, layout="", device="",
 @functools.cache
 def custom_translations() -> dict:
     return {aten.empty_permuted.default: empty_permuted}
+
+
+@functools.cache
+def onnx_registry():
+    """The exporter's registry of translations, with ours added."""
+    from torch.onnx._internal.exporter import _registration
+
+    registry = _registration.ONNXRegistry.from_torchlib()
+    for op, function in custom_translations().items():
+        registry.register_op(op, function)
+    return registry

@@ -115,6 +115,14 @@ def _jsonable(value):
     return value
 
 
+def _gradient_rules(o: dict[str, Any], l2_decay: bool = True) -> list[R.UpdateRule]:
+    """What every torch optimizer does to the gradient first: negate it (maximize), add L2 decay."""
+    chain: list[R.UpdateRule] = [R.Maximize()] if o["maximize"] else []
+    if l2_decay and o["weight_decay"] != 0:
+        chain.append(R.AddWeightDecay(o["weight_decay"]))
+    return chain
+
+
 def _check_lr(lr) -> None:
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
@@ -158,11 +166,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def rules(self, o):
-        chain: list[R.UpdateRule] = []
-        if o["maximize"]:
-            chain.append(R.Maximize())
-        if o["weight_decay"] != 0:
-            chain.append(R.AddWeightDecay(o["weight_decay"]))
+        chain = _gradient_rules(o)
         if o["momentum"] != 0:
             chain.append(R.TraceMomentum(o["momentum"], o["dampening"], o["nesterov"]))
         chain.append(R.ScaleByLearningRate())
@@ -202,12 +206,8 @@ class Adam(Optimizer):
         _check_weight_decay(o["weight_decay"])
 
     def rules(self, o):
-        chain: list[R.UpdateRule] = []
-        if o["maximize"]:
-            chain.append(R.Maximize())
         decay = o["weight_decay"]
-        if decay != 0 and not self._decoupled_weight_decay:
-            chain.append(R.AddWeightDecay(decay))
+        chain = _gradient_rules(o, l2_decay=not self._decoupled_weight_decay)
         chain.append(R.ScaleByAdam(o["betas"][0], o["betas"][1], o["eps"], o["amsgrad"]))
         if decay != 0 and self._decoupled_weight_decay:
             chain.append(R.AddWeightDecay(decay))
@@ -265,11 +265,7 @@ class Adagrad(Optimizer):
             raise ValueError(f"Invalid epsilon value: {o['eps']}")
 
     def rules(self, o):
-        chain: list[R.UpdateRule] = []
-        if o["maximize"]:
-            chain.append(R.Maximize())
-        if o["weight_decay"] != 0:
-            chain.append(R.AddWeightDecay(o["weight_decay"]))
+        chain = _gradient_rules(o)
         chain.append(R.ScaleByAdagrad(o["eps"], o["initial_accumulator_value"]))
         if o["lr_decay"] != 0:
             chain.append(R.ScaleByLrDecay(o["lr_decay"]))

@@ -25,6 +25,21 @@ BAD = [
     ("Adagrad", dict(weight_decay=-0.1)),
     ("Adagrad", dict(initial_accumulator_value=-1.0)),
     ("Adagrad", dict(eps=-1.0)),
+    ("RMSprop", dict(lr=-0.1)),
+    ("RMSprop", dict(eps=-0.1)),
+    ("RMSprop", dict(momentum=-0.1)),
+    ("RMSprop", dict(weight_decay=-0.1)),
+    ("RMSprop", dict(alpha=-0.1)),
+    ("Adamax", dict(eps=-1.0)),
+    ("Adamax", dict(betas=(0.9, 1.0))),
+    ("Adadelta", dict(rho=1.5)),
+    ("Adadelta", dict(lr=-1.0)),
+    ("NAdam", dict(momentum_decay=-0.1)),
+    ("NAdam", dict(betas=(-0.1, 0.9))),
+    ("RAdam", dict(weight_decay=-0.1)),
+    ("Rprop", dict(etas=(1.5, 2.0))),
+    ("Rprop", dict(lr=-0.5)),
+    ("ASGD", dict(weight_decay=-1.0)),
 ]
 
 
@@ -55,7 +70,7 @@ def test_param_group_that_matches_nothing_is_an_error():
 def test_defaults_are_torchs():
     import inspect
 
-    for name in ("SGD", "Adam", "AdamW", "Adagrad"):
+    for name in ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "Adadelta", "NAdam", "RAdam", "Rprop", "ASGD"):
         ours = inspect.signature(getattr(optim, name)).parameters
         theirs = inspect.signature(getattr(torch.optim, name)).parameters
         for arg, param in ours.items():

@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
-from optgraph.optim.optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, ParamGroup
+from optgraph.optim.optimizers import (
+    ASGD,
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    NAdam,
+    Optimizer,
+    ParamGroup,
+    RAdam,
+    RMSprop,
+    Rprop,
+)
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "ParamGroup"]
+__all__ = [
+    "ASGD", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup",
+    "RAdam", "RMSprop", "Rprop",
+]  # fmt: skip

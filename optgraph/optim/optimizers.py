@@ -123,6 +123,29 @@ def _gradient_rules(o: dict[str, Any], l2_decay: bool = True) -> list[R.UpdateRu
     return chain
 
 
+def _adam_family(o: dict[str, Any], scale: R.UpdateRule) -> list[R.UpdateRule]:
+    """maximize, L2 or decoupled weight decay around an Adam-like scaling, then the learning rate."""
+    decoupled = o.get("decoupled_weight_decay", False)
+    chain = _gradient_rules(o, l2_decay=not decoupled)
+    chain.append(scale)
+    if decoupled and o["weight_decay"] != 0:
+        chain.append(R.AddWeightDecay(o["weight_decay"]))
+    chain.append(R.ScaleByLearningRate())
+    return chain
+
+
+def _check_betas(betas) -> None:
+    if not 0.0 <= betas[0] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+    if not 0.0 <= betas[1] < 1.0:
+        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+
+
+def _check_eps(eps) -> None:
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+
+
 def _check_lr(lr) -> None:
     if not 0.0 <= lr:
         raise ValueError(f"Invalid learning rate: {lr}")
@@ -174,9 +197,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam (L2 weight decay added to the gradient)."""
-
-    _decoupled_weight_decay: ClassVar[bool] = False
+    """torch.optim.Adam: L2 weight decay added to the gradient, or decoupled (``decoupled_weight_decay=True``)."""
 
     def __init__(
         self,
@@ -187,38 +208,27 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        decoupled_weight_decay: bool = False,
         param_groups: Sequence[dict] | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize
-        )
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )  # fmt: skip
         super().__init__(defaults, param_groups)
 
     def _validate(self, o):
         _check_lr(o["lr"])
-        if not 0.0 <= o["eps"]:
-            raise ValueError(f"Invalid epsilon value: {o['eps']}")
-        betas = o["betas"]
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        _check_eps(o["eps"])
+        _check_betas(o["betas"])
         _check_weight_decay(o["weight_decay"])
 
     def rules(self, o):
-        decay = o["weight_decay"]
-        chain = _gradient_rules(o, l2_decay=not self._decoupled_weight_decay)
-        chain.append(R.ScaleByAdam(o["betas"][0], o["betas"][1], o["eps"], o["amsgrad"]))
-        if decay != 0 and self._decoupled_weight_decay:
-            chain.append(R.AddWeightDecay(decay))
-        chain.append(R.ScaleByLearningRate())
-        return chain
+        return _adam_family(o, R.ScaleByAdam(o["betas"][0], o["betas"][1], o["eps"], o["amsgrad"]))
 
 
 class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay (``param *= 1 - lr * weight_decay``)."""
-
-    _decoupled_weight_decay = True
 
     def __init__(
         self,
@@ -231,7 +241,13 @@ class AdamW(Adam):
         maximize: bool = False,
         param_groups: Sequence[dict] | None = None,
     ) -> None:
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize=maximize, param_groups=param_groups)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize
+        )  # fmt: skip
+        Optimizer.__init__(self, defaults, param_groups)
+
+    def rules(self, o):  # AdamW has no decoupled_weight_decay argument: its decay is always decoupled
+        return super().rules({**o, "decoupled_weight_decay": True})
 
 
 class Adagrad(Optimizer):
@@ -270,4 +286,219 @@ class Adagrad(Optimizer):
         if o["lr_decay"] != 0:
             chain.append(R.ScaleByLrDecay(o["lr_decay"]))
         chain.append(R.ScaleByLearningRate())
+        return chain
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop."""
+
+    def __init__(
+        self,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered,
+            maximize=maximize,
+        )  # fmt: skip
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        _check_eps(o["eps"])
+        if not 0.0 <= o["momentum"]:
+            raise ValueError(f"Invalid momentum value: {o['momentum']}")
+        _check_weight_decay(o["weight_decay"])
+        if not 0.0 <= o["alpha"]:
+            raise ValueError(f"Invalid alpha value: {o['alpha']}")
+
+    def rules(self, o):
+        chain = _gradient_rules(o)
+        chain.append(R.ScaleByRms(o["alpha"], o["eps"], o["centered"], o["momentum"]))
+        chain.append(R.ScaleByLearningRate())
+        return chain
+
+
+class Adamax(Optimizer):
+    """torch.optim.Adamax."""
+
+    def __init__(
+        self,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        _check_eps(o["eps"])
+        _check_betas(o["betas"])
+        _check_weight_decay(o["weight_decay"])
+
+    def rules(self, o):
+        chain = _gradient_rules(o)
+        chain.append(R.ScaleByAdamax(o["betas"][0], o["betas"][1], o["eps"]))
+        chain.append(R.ScaleByLearningRate())
+        return chain
+
+
+class Adadelta(Optimizer):
+    """torch.optim.Adadelta."""
+
+    def __init__(
+        self,
+        lr: float = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        if not 0.0 <= o["rho"] <= 1.0:
+            raise ValueError(f"Invalid rho value: {o['rho']}")
+        _check_eps(o["eps"])
+        _check_weight_decay(o["weight_decay"])
+
+    def rules(self, o):
+        chain = _gradient_rules(o)
+        chain.append(R.ScaleByAdadelta(o["rho"], o["eps"]))
+        chain.append(R.ScaleByLearningRate())
+        return chain
+
+
+class NAdam(Optimizer):
+    """torch.optim.NAdam."""
+
+    def __init__(
+        self,
+        lr: float = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        _check_eps(o["eps"])
+        _check_betas(o["betas"])
+        _check_weight_decay(o["weight_decay"])
+        if not 0.0 <= o["momentum_decay"]:
+            raise ValueError(f"Invalid momentum_decay value: {o['momentum_decay']}")
+
+    def rules(self, o):
+        return _adam_family(o, R.ScaleByNadam(o["betas"][0], o["betas"][1], o["eps"], o["momentum_decay"]))
+
+
+class RAdam(Optimizer):
+    """torch.optim.RAdam."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decoupled_weight_decay: bool = False,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
+        )  # fmt: skip
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        _check_eps(o["eps"])
+        _check_betas(o["betas"])
+        _check_weight_decay(o["weight_decay"])
+
+    def rules(self, o):
+        return _adam_family(o, R.ScaleByRadam(o["betas"][0], o["betas"][1], o["eps"]))
+
+
+class Rprop(Optimizer):
+    """torch.optim.Rprop (the learning rate seeds every element's step size)."""
+
+    def __init__(
+        self,
+        lr: float = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50),
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize)
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        etas = o["etas"]
+        if not 0.0 < etas[0] < 1.0 < etas[1]:
+            raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
+
+    def rules(self, o):
+        chain: list[R.UpdateRule] = [R.Maximize()] if o["maximize"] else []
+        etaminus, etaplus = o["etas"]
+        low, high = o["step_sizes"]
+        chain.append(R.Rprop(etaminus, etaplus, low, high, float(o["lr"])))
+        return chain
+
+
+class ASGD(Optimizer):
+    """torch.optim.ASGD (averaged SGD; the average is the ``ax`` slot)."""
+
+    def __init__(
+        self,
+        lr: float = 1e-2,
+        lambd: float = 1e-4,
+        alpha: float = 0.75,
+        t0: float = 1e6,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(defaults, param_groups)
+
+    def _validate(self, o):
+        _check_lr(o["lr"])
+        _check_weight_decay(o["weight_decay"])
+
+    def rules(self, o):
+        chain = _gradient_rules(o)
+        chain.append(R.Asgd(o["lambd"], o["alpha"], o["t0"], float(o["lr"])))
         return chain

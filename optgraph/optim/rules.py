@@ -8,8 +8,9 @@ chain, and the only minus sign lives in :class:`ScaleByLearningRate`.
 
 Scalars that torch computes in Python (bias corrections, step sizes) are
 computed here in float64 and cast to the parameter's dtype once, which is
-what torch's kernels do with a Python float, so the numbers agree to float32
-rounding.
+what torch's kernels do with a Python float, and element-wise expressions
+follow the order of torch's fused kernels (``addcmul``: ``(value * a) * b``),
+so the numbers agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -58,14 +59,26 @@ class UpdateContext:
 State = Mapping[str, "ir.Value"]
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A state slot: shaped like the parameter, or a float32 scalar (``scalar=True``)."""
+
+    fill: float
+    scalar: bool = False
+
+
 class UpdateRule:
     """Base of all rules: no state, identity update."""
 
-    def slots(self) -> dict[str, float]:
+    def slots(self) -> dict[str, float | Slot]:
         return {}
 
     def emit(self, ctx: UpdateContext, u: ir.Value, state: State) -> tuple[ir.Value, dict[str, ir.Value]]:
         raise NotImplementedError
+
+    def after_update(self, ctx: UpdateContext, new_param: ir.Value, state: State) -> dict[str, ir.Value]:
+        """State that depends on the updated parameter (ASGD's average); most rules have none."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -134,7 +147,7 @@ class ScaleByAdam(UpdateRule):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         # torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.k(1.0 - self.beta1)))
-        v = b.op("Add", b.op("Mul", v, ctx.k(self.beta2)), b.op("Mul", b.op("Mul", u, u), ctx.k(1.0 - self.beta2)))
+        v = b.op("Add", b.op("Mul", v, ctx.k(self.beta2)), b.op("Mul", b.op("Mul", u, ctx.k(1.0 - self.beta2)), u))
         new_state = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = b.op("Max", state["max_exp_avg_sq"], v)
@@ -176,6 +189,261 @@ class ScaleByLrDecay(UpdateRule):
 
 
 @dataclass(frozen=True)
+class ScaleByRms(UpdateRule):
+    """RMSprop: ``u / (sqrt(square_avg [- grad_avg^2]) + eps)``, optionally through a momentum buffer."""
+
+    alpha: float
+    eps: float
+    centered: bool
+    momentum: float
+
+    def slots(self):
+        slots = {"square_avg": 0.0}
+        if self.momentum > 0:
+            slots["momentum_buffer"] = 0.0
+        if self.centered:
+            slots["grad_avg"] = 0.0
+        return slots
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        square_avg = b.op(
+            "Add",
+            b.op("Mul", state["square_avg"], ctx.k(self.alpha)),
+            b.op("Mul", b.op("Mul", u, ctx.k(1 - self.alpha)), u),
+        )
+        new_state = {"square_avg": square_avg}
+        if self.centered:
+            grad_avg = state["grad_avg"]
+            grad_avg = b.op("Add", grad_avg, b.op("Mul", b.op("Sub", u, grad_avg), ctx.k(1 - self.alpha)))
+            new_state["grad_avg"] = grad_avg
+            avg = b.op("Sqrt", b.op("Sub", square_avg, b.op("Mul", grad_avg, grad_avg)))
+        else:
+            avg = b.op("Sqrt", square_avg)
+        avg = b.op("Add", avg, ctx.k(self.eps))
+        direction = b.op("Div", u, avg)
+        if self.momentum > 0:
+            direction = b.op("Add", b.op("Mul", state["momentum_buffer"], ctx.k(self.momentum)), direction)
+            new_state["momentum_buffer"] = direction
+        return direction, new_state
+
+
+@dataclass(frozen=True)
+class ScaleByAdamax(UpdateRule):
+    """Adamax: ``exp_avg / exp_inf / (1 - beta1^t)`` with ``exp_inf = max(beta2 * exp_inf, |u| + eps)``."""
+
+    beta1: float
+    beta2: float
+    eps: float
+
+    def slots(self):
+        return {"exp_avg": 0.0, "exp_inf": 0.0}
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        m = state["exp_avg"]
+        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.k(1 - self.beta1)))
+        exp_inf = b.op(
+            "Max", b.op("Mul", state["exp_inf"], ctx.k(self.beta2)), b.op("Add", b.op("Abs", u), ctx.k(self.eps))
+        )
+        bias_correction = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta1), ctx.step))
+        direction = b.op("Div", b.op("Div", m, exp_inf), ctx.to_param_dtype(bias_correction))
+        return direction, {"exp_avg": m, "exp_inf": exp_inf}
+
+
+@dataclass(frozen=True)
+class ScaleByAdadelta(UpdateRule):
+    """Adadelta: ``sqrt(acc_delta + eps) / sqrt(square_avg + eps) * u``, both averages with ``rho``."""
+
+    rho: float
+    eps: float
+
+    def slots(self):
+        return {"square_avg": 0.0, "acc_delta": 0.0}
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        square_avg = b.op(
+            "Add",
+            b.op("Mul", state["square_avg"], ctx.k(self.rho)),
+            b.op("Mul", b.op("Mul", u, ctx.k(1 - self.rho)), u),
+        )
+        std = b.op("Sqrt", b.op("Add", square_avg, ctx.k(self.eps)))
+        delta = b.op("Mul", b.op("Div", b.op("Sqrt", b.op("Add", state["acc_delta"], ctx.k(self.eps))), std), u)
+        acc_delta = b.op(
+            "Add",
+            b.op("Mul", state["acc_delta"], ctx.k(self.rho)),
+            b.op("Mul", b.op("Mul", delta, ctx.k(1 - self.rho)), delta),
+        )
+        return delta, {"square_avg": square_avg, "acc_delta": acc_delta}
+
+
+def _adam_moments(ctx: UpdateContext, u, state, beta1: float, beta2: float):
+    b = ctx.b
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.k(1.0 - beta1)))
+    v = b.op("Add", b.op("Mul", v, ctx.k(beta2)), b.op("Mul", b.op("Mul", u, ctx.k(1.0 - beta2)), u))
+    return m, v
+
+
+@dataclass(frozen=True)
+class ScaleByNadam(UpdateRule):
+    """NAdam (Dozat): Nesterov momentum with torch's ``mu_t`` warm-up schedule and its running product."""
+
+    beta1: float
+    beta2: float
+    eps: float
+    momentum_decay: float
+
+    def slots(self):
+        return {"mu_product": Slot(1.0, scalar=True), "exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+    def _mu(self, ctx, step):
+        b = ctx.b
+        decay = b.op("Pow", ctx.d(0.96), b.op("Mul", step, ctx.d(self.momentum_decay)))
+        return b.op("Mul", ctx.d(self.beta1), b.op("Sub", ctx.d(1.0), b.op("Mul", ctx.d(0.5), decay)))
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        m, v = _adam_moments(ctx, u, state, self.beta1, self.beta2)
+        mu = self._mu(ctx, ctx.step)
+        mu_next = self._mu(ctx, b.op("Add", ctx.step, ctx.d(1.0)))
+        # torch keeps mu_product as a float32 tensor and reads it back as a Python float
+        mu_product = b.op("Mul", state["mu_product"], b.cast(mu, state["mu_product"].dtype))
+        product = b.cast(mu_product, ctx.step.dtype)
+        bias_correction2 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta2), ctx.step))
+        denom = b.op("Add", b.op("Sqrt", b.op("Div", v, ctx.to_param_dtype(bias_correction2))), ctx.k(self.eps))
+        grad_coef = b.op("Div", b.op("Sub", ctx.d(1.0), mu), b.op("Sub", ctx.d(1.0), product))
+        avg_coef = b.op("Div", mu_next, b.op("Sub", ctx.d(1.0), b.op("Mul", product, mu_next)))
+        direction = b.op(
+            "Add",
+            b.op("Mul", b.op("Div", u, denom), ctx.to_param_dtype(grad_coef)),
+            b.op("Mul", b.op("Div", m, denom), ctx.to_param_dtype(avg_coef)),
+        )
+        return direction, {"mu_product": mu_product, "exp_avg": m, "exp_avg_sq": v}
+
+
+@dataclass(frozen=True)
+class ScaleByRadam(UpdateRule):
+    """RAdam: the bias-corrected first moment, rectified by the variance term once ``rho_t > 5``."""
+
+    beta1: float
+    beta2: float
+    eps: float
+
+    def slots(self):
+        return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        m, v = _adam_moments(ctx, u, state, self.beta1, self.beta2)
+        t = ctx.step
+        beta2_t = b.op("Pow", ctx.d(self.beta2), t)
+        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta1), t))
+        bias_correction2 = b.op("Sub", ctx.d(1.0), beta2_t)
+        rho_inf = 2 / (1 - self.beta2) - 1
+        rho_t = b.op(
+            "Sub", ctx.d(rho_inf), b.op("Div", b.op("Mul", b.op("Mul", ctx.d(2.0), t), beta2_t), bias_correction2)
+        )
+        rect = b.op(
+            "Sqrt",
+            b.op(
+                "Div",
+                b.op(
+                    "Mul", b.op("Mul", b.op("Sub", rho_t, ctx.d(4.0)), b.op("Sub", rho_t, ctx.d(2.0))), ctx.d(rho_inf)
+                ),
+                b.op("Mul", ctx.d((rho_inf - 4) * (rho_inf - 2)), rho_t),
+            ),
+        )
+        corrected = b.op("Div", m, ctx.to_param_dtype(bias_correction1))
+        adaptive = b.op(
+            "Div", ctx.to_param_dtype(b.op("Sqrt", bias_correction2)), b.op("Add", b.op("Sqrt", v), ctx.k(self.eps))
+        )
+        rectified = b.op("Mul", b.op("Mul", corrected, adaptive), ctx.to_param_dtype(rect))
+        direction = b.op("Where", b.op("Greater", rho_t, ctx.d(5.0)), rectified, corrected)
+        return direction, {"exp_avg": m, "exp_avg_sq": v}
+
+
+@dataclass(frozen=True)
+class Rprop(UpdateRule):
+    """Rprop: per-element step sizes grown by ``etaplus`` / shrunk by ``etaminus`` on sign changes.
+
+    Its update is ``-sign(u) * step_size`` (the learning rate only seeds ``step_size``),
+    so the chain ends here rather than in :class:`ScaleByLearningRate`.
+    """
+
+    etaminus: float
+    etaplus: float
+    step_size_min: float
+    step_size_max: float
+    initial_step_size: float
+
+    def slots(self):
+        return {"prev": 0.0, "step_size": self.initial_step_size}
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        sign = b.op("Sign", b.op("Mul", u, state["prev"]))
+        factor = b.op(
+            "Where",
+            b.op("Greater", sign, ctx.k(0.0)),
+            ctx.k(self.etaplus),
+            b.op("Where", b.op("Less", sign, ctx.k(0.0)), ctx.k(self.etaminus), ctx.k(1.0)),
+        )
+        step_size = b.op(
+            "Min",
+            b.op("Max", b.op("Mul", state["step_size"], factor), ctx.k(self.step_size_min)),
+            ctx.k(self.step_size_max),
+        )
+        grad = b.op("Where", b.op("Less", sign, ctx.k(0.0)), ctx.k(0.0), u)
+        update = b.op("Neg", b.op("Mul", b.op("Sign", grad), step_size))
+        return update, {"prev": grad, "step_size": step_size}
+
+
+@dataclass(frozen=True)
+class Asgd(UpdateRule):
+    """ASGD: ``param * (1 - lambd * eta) - eta * u``, then the average ``ax`` and next ``eta``, ``mu``.
+
+    ``eta`` (the step size, seeded by the learning rate and decayed by ``lambd``,
+    ``alpha``) replaces the learning rate, so the chain ends here.
+    """
+
+    lambd: float
+    alpha: float
+    t0: float
+    initial_eta: float
+
+    def slots(self):
+        return {"eta": Slot(self.initial_eta, scalar=True), "mu": Slot(1.0, scalar=True), "ax": 0.0}
+
+    def emit(self, ctx, u, state):
+        b = ctx.b
+        eta = ctx.to_param_dtype(state["eta"])
+        decay = b.op("Mul", ctx.param, b.op("Mul", eta, ctx.k(self.lambd)))
+        update = b.op("Neg", b.op("Add", decay, b.op("Mul", u, eta)))
+        lr = ctx.lr
+        next_eta = b.op(
+            "Div",
+            lr,
+            b.op(
+                "Pow",
+                b.op("Add", ctx.d(1.0), b.op("Mul", b.op("Mul", ctx.d(self.lambd), lr), ctx.step)),
+                ctx.d(self.alpha),
+            ),
+        )
+        next_mu = b.op("Div", ctx.d(1.0), b.op("Max", ctx.d(1.0), b.op("Sub", ctx.step, ctx.d(self.t0))))
+        dtype = state["eta"].dtype
+        return update, {"eta": b.cast(next_eta, dtype), "mu": b.cast(next_mu, dtype)}
+
+    def after_update(self, ctx, new_param, state):
+        b = ctx.b
+        ax, mu = state["ax"], ctx.to_param_dtype(state["mu"])
+        averaged = b.op("Add", ax, b.op("Mul", b.op("Sub", new_param, ax), mu))
+        # torch copies the parameter while mu == 1 (before t0), and averages after
+        return {"ax": b.op("Where", b.op("Equal", state["mu"], b.const(1.0, state["mu"].dtype)), new_param, averaged)}
+
+
+@dataclass(frozen=True)
 class ScaleByLearningRate(UpdateRule):
     """``-lr * u``: the last rule of every chain, and the one place with a minus sign."""
 
@@ -184,14 +452,14 @@ class ScaleByLearningRate(UpdateRule):
         return b.op("Mul", u, ctx.to_param_dtype(b.op("Neg", ctx.lr))), {}
 
 
-def chain_slots(rules: Sequence[UpdateRule]) -> dict[str, float]:
+def chain_slots(rules: Sequence[UpdateRule]) -> dict[str, Slot]:
     """Every slot the rules of a chain declare (names are unique within a chain)."""
-    slots: dict[str, float] = {}
+    slots: dict[str, Slot] = {}
     for rule in rules:
-        for name, fill in rule.slots().items():
+        for name, slot in rule.slots().items():
             if name in slots:
                 raise ValueError(f"two rules of one chain declare the state slot {name!r}")
-            slots[name] = fill
+            slots[name] = slot if isinstance(slot, Slot) else Slot(float(slot))
     return slots
 
 
@@ -204,4 +472,7 @@ def emit_chain(
     for rule in rules:
         u, rule_state = rule.emit(ctx, u, state)
         new_state.update(rule_state)
-    return ctx.b.op("Add", ctx.param, u), new_state
+    new_param = ctx.b.op("Add", ctx.param, u)
+    for rule in rules:
+        new_state.update(rule.after_update(ctx, new_param, state))
+    return new_param, new_state

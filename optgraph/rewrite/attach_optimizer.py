@@ -65,11 +65,13 @@ class AttachOptimizer(ir.passes.InPlacePass):
                         b,
                         optim_slot_name(slot, name),
                         "optim_state",
-                        np.full(param.shape.numpy(), fill, dtype),
+                        np.full((), spec.fill, np.float32)
+                        if spec.scalar
+                        else np.full(param.shape.numpy(), spec.fill, dtype),
                         param=name,
                         slot=slot,
                     )  # fmt: skip
-                    for slot, fill in chain_slots(rules).items()
+                    for slot, spec in chain_slots(rules).items()
                 }
                 with b.scope(f"optim/{name}"):
                     ctx = UpdateContext(b, param, step_number, first, lr)

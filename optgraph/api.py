@@ -77,6 +77,7 @@ def build_artifact(
     from optgraph.rewrite.attach_optimizer import AttachOptimizer
     from optgraph.rewrite.clip import ClipGradNorm
     from optgraph.rewrite.scheduler_graph import build_scheduler_step
+    from optgraph.rewrite.skip_non_finite import SkipNonFinite
 
     _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
     optimizer = optim.Adam() if optimizer is None else optimizer
@@ -88,13 +89,14 @@ def build_artifact(
         ClipGradNorm(float(clip_grad_norm))(train)
     attach = AttachOptimizer(optimizer, schedule, groups)
     attach(train)
+    SkipNonFinite(attach.gradients)(train)
     opset = train.opset_imports[""]
     scheduler, schedule_state = build_scheduler_step(schedule, groups, opset, train.ir_version)
 
     new_state = {t.name: t for t in attach.new_state + schedule_state}
     roles = {n: "input" for n in captured.data_names} | {n: "target" for n in captured.target_names}
     roles |= {n: "param" for n in captured.trainable + captured.frozen} | {n: "buffer" for n in captured.buffers}
-    roles |= {n: t.role for n, t in new_state.items()} | {"loss": "loss"}
+    roles |= {n: t.role for n, t in new_state.items()} | {"loss": "loss", "update_applied": "status"}
     roles |= {n: "output" for n in captured.output_names}
     meta = {n: {"trainable": True} for n in captured.trainable} | {n: {"trainable": False} for n in captured.frozen}
     meta |= {n: t.meta for n, t in new_state.items()}

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from optgraph.artifact import Artifact, GraphSpec, TensorSpec
-from optgraph.errors import InputError
+from optgraph.errors import InputError, NonFiniteError
 from optgraph.inference import export_inference
 
 CUDA = "CUDAExecutionProvider"
@@ -171,7 +171,9 @@ class TrainingSession:
         self._store = _StateStore({n: artifact.state[n] for n in manifest.state_specs()}, device)
         for runner in self._runners.values():
             runner.prepare(self._store)
-        self._loss_index = next(i for i, t in enumerate(self._runners["train_step"].result_outputs) if t.role == "loss")
+        results = self._runners["train_step"].result_outputs
+        self._loss_index = next(i for i, t in enumerate(results) if t.role == "loss")
+        self._applied_index = next((i for i, t in enumerate(results) if t.name == "update_applied"), None)
 
     # -- training -----------------------------------------------------------
     def step(self, *batch) -> float:
@@ -179,7 +181,13 @@ class TrainingSession:
         runner = self._runners["train_step"]
         arrays = check_batch(runner.batch_inputs, batch, "step()")
         results = runner.run(self._store, arrays)
-        return float(results[self._loss_index])
+        loss = float(results[self._loss_index])
+        if self._applied_index is not None and not bool(results[self._applied_index]):
+            raise NonFiniteError(
+                f"step skipped: the loss ({loss}) or a gradient is not finite; parameters, buffers, "
+                "optimizer state and counters are unchanged and the session can go on"
+            )
+        return loss
 
     def scheduler_step(self, metric: float | None = None) -> None:
         """Advance the learning-rate schedule by one epoch (torch's ``scheduler.step()``)."""

@@ -300,3 +300,33 @@ def test_training_needs_no_compile_time_packages(cnn_artifact, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_non_finite_batch_is_skipped_bit_identically_and_reported(cnn_artifact):
+    model, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    reference = clone(model)
+    torch_opt = torch.optim.Adam(reference.parameters(), lr=0.01, amsgrad=True)
+    batches = _batches(4)
+    for i, (x, y) in enumerate(batches):
+        if i == 2:
+            before = _all_state(session)
+            poisoned = x.copy()
+            poisoned[0, 0, 0, 0] = np.nan
+            with pytest.raises(optgraph.NonFiniteError, match="step skipped: the loss .* not finite"):
+                session.step(poisoned, y)
+            after = _all_state(session)
+            for key in before:
+                np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+            poisoned[0, 0, 0, 0] = np.inf  # an infinite input gives NaN gradients too
+            with pytest.raises(optgraph.NonFiniteError):
+                session.step(poisoned, y)
+        loss = session.step(x, y)
+        torch_opt.zero_grad()
+        expected = nn.functional.cross_entropy(reference(torch.from_numpy(x)), torch.from_numpy(y))
+        expected.backward()
+        torch_opt.step()
+        assert_close(loss, expected, f"loss {i}")
+    for key, value in reference.state_dict().items():
+        assert_close(session.state_dict()[key], value, key)
+    assert int(session.optimizer_state_dict()["fc.bias"]["step"]) == 4

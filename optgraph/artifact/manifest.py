@@ -19,7 +19,7 @@ FORMAT_NAME = "optgraph-artifact"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("train_step", "scheduler_step", "eval")
 ROLES = frozenset(
-    {"input", "target", "param", "buffer", "optim_state", "schedule_state", "counter", "loss", "lr", "output"}
+    {"input", "target", "param", "buffer", "optim_state", "schedule_state", "counter", "loss", "lr", "output", "status"}
 )
 STATE_ROLES = frozenset({"param", "buffer", "optim_state", "schedule_state", "counter"})
 DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"})

@@ -23,7 +23,8 @@ from optgraph.rewrite.state import EPOCH, NEXT, STEP_COUNTER, StateTensor, optim
 class AttachOptimizer(ir.passes.InPlacePass):
     """Append the optimizer update for every trainable parameter.
 
-    After the pass, ``new_state`` lists the state tensors it added.
+    After the pass, ``new_state`` lists the state tensors it added and
+    ``gradients`` the gradient values it consumed.
     """
 
     def __init__(self, optimizer: Optimizer, schedule: LRScheduler, groups: Sequence[ParamGroup]) -> None:
@@ -32,6 +33,7 @@ class AttachOptimizer(ir.passes.InPlacePass):
         self.schedule = schedule
         self.groups = groups
         self.new_state: list[StateTensor] = []
+        self.gradients: list[ir.Value] = []
 
     def _state_input(self, b: GraphBuilder, name: str, role: str, init: np.ndarray, **meta) -> ir.Value:
         self.new_state.append(StateTensor(name, role, init, meta))
@@ -44,6 +46,7 @@ class AttachOptimizer(ir.passes.InPlacePass):
         grads = {v.name[len("grad.") :]: v for v in graph.outputs if v.name.startswith("grad.")}
         for value in grads.values():
             graph.outputs.remove(value)
+        self.gradients = list(grads.values())
 
         with b.scope("counters"):
             step = self._state_input(b, STEP_COUNTER, "counter", np.array(0, np.int64))

@@ -40,7 +40,8 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
         optimizer: an :mod:`optgraph.optim` optimizer (default ``Adam()``).
         lr_scheduler: an :mod:`optgraph.lr_scheduler` schedule, or None for a constant lr.
         clip_grad_norm: clip the global L2 norm of the gradients, as ``torch.nn.utils.clip_grad_norm_``.
-        grad_accumulation_steps: must be 1 (accumulation is not built yet).
+        grad_accumulation_steps: k > 1 adds up the gradients of loss / k over k calls of ``step``
+            and updates on every k-th call.
         dynamic_batch: make dim 0 of inputs and targets symbolic.
 
     Returns:
@@ -60,8 +61,12 @@ def _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_st
         raise TypeError(f"lr_scheduler must be an optgraph.lr_scheduler schedule, got {type(lr_scheduler).__name__}")
     if clip_grad_norm is not None and not clip_grad_norm > 0:
         raise ValueError(f"clip_grad_norm must be a positive float or None, got {clip_grad_norm!r}")
-    if grad_accumulation_steps != 1:
-        raise NotImplementedError("grad_accumulation_steps > 1 is not supported yet")
+    if (
+        not isinstance(grad_accumulation_steps, int)
+        or isinstance(grad_accumulation_steps, bool)
+        or grad_accumulation_steps < 1
+    ):
+        raise ValueError(f"grad_accumulation_steps must be a positive integer, got {grad_accumulation_steps!r}")
 
 
 def build_artifact(
@@ -74,6 +79,7 @@ def build_artifact(
     """Rewrite a :class:`~optgraph.capture.Captured` into an artifact (the capture is left unchanged)."""
     import onnx_ir as ir
 
+    from optgraph.rewrite.accumulate import AccumulateGradients, GateOnUpdate
     from optgraph.rewrite.attach_optimizer import AttachOptimizer
     from optgraph.rewrite.clip import ClipGradNorm
     from optgraph.rewrite.scheduler_graph import build_scheduler_step
@@ -85,15 +91,22 @@ def build_artifact(
     groups = optimizer.resolve(captured.trainable)
 
     train = ir.from_proto(ir.to_proto(captured.train))  # a copy: the passes work in place
+    accumulate = AccumulateGradients(grad_accumulation_steps) if grad_accumulation_steps > 1 else None
+    if accumulate is not None:
+        accumulate(train)
     if clip_grad_norm is not None:
         ClipGradNorm(float(clip_grad_norm))(train)
     attach = AttachOptimizer(optimizer, schedule, groups)
     attach(train)
+    if accumulate is not None:
+        gated = set(captured.trainable) | {t.name for t in attach.new_state if t.role in ("optim_state", "counter")}
+        GateOnUpdate(accumulate.is_update, gated)(train)
     SkipNonFinite(attach.gradients)(train)
     opset = train.opset_imports[""]
     scheduler, schedule_state = build_scheduler_step(schedule, groups, opset, train.ir_version)
 
-    new_state = {t.name: t for t in attach.new_state + schedule_state}
+    added = attach.new_state + schedule_state + (accumulate.new_state if accumulate is not None else [])
+    new_state = {t.name: t for t in added}
     roles = {n: "input" for n in captured.data_names} | {n: "target" for n in captured.target_names}
     roles |= {n: "param" for n in captured.trainable + captured.frozen} | {n: "buffer" for n in captured.buffers}
     roles |= {n: t.role for n, t in new_state.items()} | {"loss": "loss", "update_applied": "status"}

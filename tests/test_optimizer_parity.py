@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from models import assert_close, clone, loss_fn, make_batch, make_model
+from torch import nn
 
 import optgraph
 from optgraph import lr_scheduler, optim
@@ -117,3 +118,47 @@ def test_step_lr_matches_torch(name, kwargs):
     run_parity(
         "cnn", "ce", name, kwargs, steps=40, schedule=("StepLR", dict(step_size=2, gamma=0.5)), scheduler_every=5
     )
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_accumulation_clipping_and_param_groups_match_torch(kind):
+    """3 micro-batches per update, global-norm clipping, two parameter groups: as torch, step for step."""
+    k, max_norm = 3, 0.5
+    model = make_model(kind)
+    reference = clone(model)
+    gen = torch.Generator().manual_seed(2)
+    x, y = make_batch(kind, 6, gen)
+    groups = [{"params": ["*.bias"], "lr": 0.02, "weight_decay": 0.0, "betas": (0.8, 0.95)}]
+    artifact = optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=0.01, param_groups=groups),
+        clip_grad_norm=max_norm, grad_accumulation_steps=k,
+    )  # fmt: skip
+    session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
+    named = dict(reference.named_parameters())
+    torch_opt = torch.optim.AdamW(
+        [{"params": [p for n, p in named.items() if n.endswith(".bias")], "lr": 0.02, "weight_decay": 0.0,
+          "betas": (0.8, 0.95)},
+         {"params": [p for n, p in named.items() if not n.endswith(".bias")]}],
+        lr=0.01,
+    )  # fmt: skip
+    names = [n for n in named if n.endswith(".bias")] + [n for n in named if not n.endswith(".bias")]
+    clipped = 0
+    for call in range(8 * k):
+        x, y = make_batch(kind, 4 + call % 3, gen)
+        loss = session.step(x, y)
+        expected = nn.functional.cross_entropy(reference(x), y)
+        (expected / k).backward()
+        if (call + 1) % k == 0:
+            norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+            clipped += int(norm > max_norm)
+            torch_opt.step()
+            torch_opt.zero_grad()
+        assert_close(loss, expected, f"loss of call {call}")
+        state = session.state_dict()
+        for key, value in reference.state_dict().items():
+            assert_close(state[key], value, f"{key} after call {call}")
+        ours = session.optimizer_state_dict()
+        for i, slots in torch_opt.state_dict()["state"].items():
+            for slot, value in slots.items():
+                assert_close(ours[names[i]][slot], value, f"{slot} of {names[i]} after call {call}")
+    assert clipped > 0, "clipping never engaged: the test would not catch a wrong clip"

@@ -19,9 +19,22 @@ FORMAT_NAME = "optgraph-artifact"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("train_step", "scheduler_step", "eval")
 ROLES = frozenset(
-    {"input", "target", "param", "buffer", "optim_state", "schedule_state", "counter", "loss", "lr", "output", "status"}
+    {
+        "input",
+        "target",
+        "param",
+        "buffer",
+        "optim_state",
+        "schedule_state",
+        "counter",
+        "loss",
+        "lr",
+        "output",
+        "status",
+        "grad_accumulator",
+    }
 )
-STATE_ROLES = frozenset({"param", "buffer", "optim_state", "schedule_state", "counter"})
+STATE_ROLES = frozenset({"param", "buffer", "optim_state", "schedule_state", "counter", "grad_accumulator"})
 DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"})
 
 

@@ -9,6 +9,7 @@ number of ``scheduler_step()`` calls). It emits that function as graph nodes
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
@@ -66,3 +67,159 @@ class StepLR(LRScheduler):
 
     def value(self, epoch, base_lr):
         return base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class MultiStepLR(LRScheduler):
+    """torch.optim.lr_scheduler.MultiStepLR: ``base_lr * gamma ** (milestones passed)``."""
+
+    def __init__(self, milestones, gamma: float = 0.1) -> None:
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+
+    def emit_lr(self, b, epoch, base_lr):
+        passed = b.double(0.0)
+        for milestone in self.milestones:  # torch counts a milestone repeated k times k times
+            passed = b.op("Add", passed, b.cast(b.op("GreaterOrEqual", epoch, b.double(milestone)), epoch.dtype))
+        return b.op("Mul", b.double(base_lr), b.op("Pow", b.double(self.gamma), passed))
+
+    def value(self, epoch, base_lr):
+        return base_lr * self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+
+
+class ExponentialLR(LRScheduler):
+    """torch.optim.lr_scheduler.ExponentialLR: ``base_lr * gamma ** epoch``."""
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = float(gamma)
+
+    def emit_lr(self, b, epoch, base_lr):
+        return b.op("Mul", b.double(base_lr), b.op("Pow", b.double(self.gamma), epoch))
+
+    def value(self, epoch, base_lr):
+        return base_lr * self.gamma**epoch
+
+
+def _emit_cosine(b, base_lr: float, eta_min: float, position, period):
+    """``eta_min + (base_lr - eta_min) * (1 + cos(pi * position / period)) / 2`` in graph nodes."""
+    angle = b.op("Mul", b.double(math.pi), b.op("Div", position, period))
+    half = b.op("Mul", b.op("Add", b.double(1.0), b.op("Cos", angle)), b.double(0.5))
+    return b.op("Add", b.double(eta_min), b.op("Mul", b.double(base_lr - eta_min), half))
+
+
+class CosineAnnealingLR(LRScheduler):
+    """torch.optim.lr_scheduler.CosineAnnealingLR (closed form, periodic beyond ``T_max`` as torch's)."""
+
+    def __init__(self, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803 - torch's name
+        self.T_max = T_max
+        self.eta_min = float(eta_min)
+
+    def emit_lr(self, b, epoch, base_lr):
+        return _emit_cosine(b, base_lr, self.eta_min, epoch, b.double(self.T_max))
+
+    def value(self, epoch, base_lr):
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+class LinearLR(LRScheduler):
+    """torch.optim.lr_scheduler.LinearLR: the factor goes linearly from start to end over ``total_iters``."""
+
+    def __init__(self, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5) -> None:
+        if start_factor > 1.0 or start_factor <= 0:
+            raise ValueError("Starting multiplicative factor expected to be greater than 0 and less or equal to 1.")
+        if end_factor > 1.0 or end_factor < 0:
+            raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
+        self.start_factor = float(start_factor)
+        self.end_factor = float(end_factor)
+        self.total_iters = total_iters
+
+    def emit_lr(self, b, epoch, base_lr):
+        progress = b.op("Div", b.op("Min", epoch, b.double(self.total_iters)), b.double(self.total_iters))
+        factor = b.op(
+            "Add", b.double(self.start_factor), b.op("Mul", b.double(self.end_factor - self.start_factor), progress)
+        )
+        return b.op("Mul", b.double(base_lr), factor)
+
+    def value(self, epoch, base_lr):
+        progress = min(self.total_iters, epoch) / self.total_iters
+        return base_lr * (self.start_factor + (self.end_factor - self.start_factor) * progress)
+
+
+class ConstantLR(LRScheduler):
+    """torch.optim.lr_scheduler.ConstantLR: ``base_lr * factor`` until ``total_iters``, then ``base_lr``."""
+
+    def __init__(self, factor: float = 1.0 / 3, total_iters: int = 5) -> None:
+        if factor > 1.0 or factor < 0:
+            raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
+        self.factor = float(factor)
+        self.total_iters = total_iters
+
+    def emit_lr(self, b, epoch, base_lr):
+        done = b.op("GreaterOrEqual", epoch, b.double(self.total_iters))
+        return b.op("Where", done, b.double(base_lr), b.double(base_lr * self.factor))
+
+    def value(self, epoch, base_lr):
+        return base_lr if epoch >= self.total_iters else base_lr * self.factor
+
+
+class PolynomialLR(LRScheduler):
+    """torch.optim.lr_scheduler.PolynomialLR: ``base_lr * (1 - min(epoch, total_iters) / total_iters) ** power``."""
+
+    def __init__(self, total_iters: int = 5, power: float = 1.0) -> None:
+        self.total_iters = total_iters
+        self.power = float(power)
+
+    def emit_lr(self, b, epoch, base_lr):
+        remaining = b.op(
+            "Sub",
+            b.double(1.0),
+            b.op("Div", b.op("Min", epoch, b.double(self.total_iters)), b.double(self.total_iters)),
+        )
+        return b.op("Mul", b.double(base_lr), b.op("Pow", remaining, b.double(self.power)))
+
+    def value(self, epoch, base_lr):
+        return base_lr * (1.0 - min(self.total_iters, epoch) / self.total_iters) ** self.power
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """torch.optim.lr_scheduler.CosineAnnealingWarmRestarts: cosine cycles of ``T_0 * T_mult ** i`` epochs."""
+
+    def __init__(self, T_0: int, T_mult: int = 1, eta_min: float = 0.0) -> None:  # noqa: N803 - torch's names
+        if T_0 <= 0 or not isinstance(T_0, int):
+            raise ValueError(f"Expected positive integer T_0, but got {T_0}")
+        if T_mult < 1 or not isinstance(T_mult, int):
+            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
+        if not isinstance(eta_min, (float, int)):
+            raise ValueError(f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}")
+        self.T_0 = T_0
+        self.T_mult = T_mult
+        self.eta_min = float(eta_min)
+
+    def _cycle(self, epoch: int) -> tuple[int, int]:
+        """(position in the cycle, cycle length), by torch's integer recursion."""
+        length, position = self.T_0, epoch
+        while position >= length:
+            position -= length
+            length *= self.T_mult
+        return position, length
+
+    def emit_lr(self, b, epoch, base_lr):
+        if self.T_mult == 1:
+            position, length = b.op("Mod", epoch, b.double(self.T_0), fmod=1), b.double(self.T_0)
+        else:
+            # cycle n starts at T_0 * (T_mult**n - 1) / (T_mult - 1); the small offset keeps floor exact at starts
+            ratio = b.op(
+                "Add", b.op("Mul", b.op("Div", epoch, b.double(self.T_0)), b.double(self.T_mult - 1)), b.double(1.0)
+            )
+            cycle = b.op(
+                "Floor", b.op("Add", b.op("Div", b.op("Log", ratio), b.double(math.log(self.T_mult))), b.double(1e-9))
+            )
+            grown = b.op("Pow", b.double(self.T_mult), cycle)
+            start = b.op(
+                "Div", b.op("Mul", b.double(self.T_0), b.op("Sub", grown, b.double(1.0))), b.double(self.T_mult - 1)
+            )
+            position, length = b.op("Sub", epoch, start), b.op("Mul", b.double(self.T_0), grown)
+        return _emit_cosine(b, base_lr, self.eta_min, position, length)
+
+    def value(self, epoch, base_lr):
+        position, length = self._cycle(epoch)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * position / length)) / 2

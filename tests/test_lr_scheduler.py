@@ -14,6 +14,17 @@ SCHEDULES = [
     ("StepLR", dict(step_size=3)),
     ("StepLR", dict(step_size=7, gamma=0.5)),
     ("StepLR", dict(step_size=1, gamma=0.97)),
+    ("MultiStepLR", dict(milestones=[3, 7, 7, 20], gamma=0.5)),
+    ("ExponentialLR", dict(gamma=0.95)),
+    ("CosineAnnealingLR", dict(T_max=10, eta_min=0.001)),
+    ("CosineAnnealingLR", dict(T_max=7)),
+    ("LinearLR", dict()),
+    ("LinearLR", dict(start_factor=0.1, end_factor=0.9, total_iters=20)),
+    ("ConstantLR", dict()),
+    ("ConstantLR", dict(factor=0.5, total_iters=10)),
+    ("PolynomialLR", dict(total_iters=30, power=2.0)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=5)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=0.01)),
 ]
 
 
@@ -40,8 +51,9 @@ def test_schedule_matches_torch_for_100_epochs(mlp_example, name, kwargs):
     schedule = getattr(lr_scheduler, name)(**kwargs)
     for epoch in range(101):
         expected = [g["lr"] for g in torch_opt.param_groups]
-        assert session.lr == pytest.approx(expected, rel=1e-12), f"epoch {epoch}"
-        assert [schedule.value(epoch, base) for base in (0.3, 0.1)] == pytest.approx(expected, rel=1e-12)
+        # torch's recursive forms against our closed forms: the drift must stay at float64 rounding
+        assert session.lr == pytest.approx(expected, rel=1e-12, abs=1e-15), f"epoch {epoch}"
+        assert [schedule.value(epoch, base) for base in (0.3, 0.1)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
         session.scheduler_step()
         torch_opt.step()
         torch_sched.step()
@@ -50,3 +62,22 @@ def test_schedule_matches_torch_for_100_epochs(mlp_example, name, kwargs):
 def test_step_lr_rejects_bad_step_size():
     with pytest.raises(ValueError, match="positive integer step_size"):
         lr_scheduler.StepLR(step_size=0)
+
+
+BAD_SCHEDULES = [
+    ("LinearLR", dict(start_factor=0)),
+    ("LinearLR", dict(end_factor=1.5)),
+    ("ConstantLR", dict(factor=2.0)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=0)),
+    ("CosineAnnealingWarmRestarts", dict(T_0=5, T_mult=0)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", BAD_SCHEDULES, ids=[f"{n}-{k}" for n, k in BAD_SCHEDULES])
+def test_schedule_errors_match_torch(name, kwargs):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(Exception) as theirs:
+        getattr(torch.optim.lr_scheduler, name)(opt, **kwargs)
+    with pytest.raises(type(theirs.value)) as ours:
+        getattr(lr_scheduler, name)(**kwargs)
+    assert str(ours.value) == str(theirs.value)

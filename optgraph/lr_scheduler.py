@@ -223,3 +223,83 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     def value(self, epoch, base_lr):
         position, length = self._cycle(epoch)
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * position / length)) / 2
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Placeholder type until the metric-driven schedule is built (it cannot be sequenced or chained)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise NotImplementedError("ReduceLROnPlateau is not supported yet")
+
+
+class SequentialLR(LRScheduler):
+    """torch.optim.lr_scheduler.SequentialLR: ``schedulers[i]`` runs from ``milestones[i-1]``, restarted at 0."""
+
+    def __init__(self, schedulers, milestones) -> None:
+        schedulers, milestones = list(schedulers), [int(m) for m in milestones]
+        if len(schedulers) < 1:
+            raise ValueError(f"{type(self).__name__} expects at least one scheduler, but got no scheduler.")
+        for i, s in enumerate(schedulers):
+            if not isinstance(s, LRScheduler) or isinstance(s, ReduceLROnPlateau):
+                raise TypeError(f"schedulers[{i}] must be an optgraph schedule other than ReduceLROnPlateau, got {s!r}")
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(
+                "Sequential Schedulers expects number of schedulers provided to be one more "
+                f"than the number of milestone points, but got number of schedulers {len(schedulers)} and the "
+                f"number of milestones to be equal to {len(milestones)}"
+            )
+        self._schedulers = schedulers
+        self.milestones = milestones
+
+    def config(self):
+        return {"name": self.name, "milestones": self.milestones, "schedulers": [s.config() for s in self._schedulers]}
+
+    def emit_lr(self, b, epoch, base_lr):
+        lr = self._schedulers[0].emit_lr(b, epoch, base_lr)
+        for start, schedule in zip(self.milestones, self._schedulers[1:]):
+            phase = schedule.emit_lr(b, b.op("Sub", epoch, b.double(start)), base_lr)
+            lr = b.op("Where", b.op("GreaterOrEqual", epoch, b.double(start)), phase, lr)
+        return lr
+
+    def value(self, epoch, base_lr):
+        index = sum(1 for m in self.milestones if epoch >= m)
+        start = self.milestones[index - 1] if index else 0
+        return self._schedulers[index].value(epoch - start, base_lr)
+
+
+class ChainedScheduler(LRScheduler):
+    """torch.optim.lr_scheduler.ChainedScheduler: every schedule steps at once; their factors multiply.
+
+    Torch's chaining composes the schedules' recursive (multiplicative) forms,
+    so only schedules whose learning rate is the base times a factor can chain.
+    """
+
+    _ADDITIVE = ("CosineAnnealingWarmRestarts",)
+
+    def __init__(self, schedulers) -> None:
+        schedulers = list(schedulers)
+        if len(schedulers) < 1:
+            raise ValueError(
+                f"{type(self).__name__} expects at least one scheduler to be chained, but got no scheduler."
+            )
+        for i, s in enumerate(schedulers):
+            if not isinstance(s, LRScheduler) or isinstance(s, ReduceLROnPlateau):
+                raise TypeError(f"schedulers[{i}] must be an optgraph schedule other than ReduceLROnPlateau, got {s!r}")
+            if s.name in self._ADDITIVE or getattr(s, "eta_min", 0.0):
+                raise ValueError(f"schedulers[{i}] ({s!r}) sets the learning rate outright, it cannot be chained")
+        self._schedulers = schedulers
+
+    def config(self):
+        return {"name": self.name, "schedulers": [s.config() for s in self._schedulers]}
+
+    def emit_lr(self, b, epoch, base_lr):
+        lr = b.double(base_lr)
+        for schedule in self._schedulers:
+            lr = b.op("Mul", lr, schedule.emit_lr(b, epoch, 1.0))
+        return lr
+
+    def value(self, epoch, base_lr):
+        lr = base_lr
+        for schedule in self._schedulers:
+            lr *= schedule.value(epoch, 1.0)
+        return lr

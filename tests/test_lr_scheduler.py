@@ -25,7 +25,45 @@ SCHEDULES = [
     ("PolynomialLR", dict(total_iters=30, power=2.0)),
     ("CosineAnnealingWarmRestarts", dict(T_0=5)),
     ("CosineAnnealingWarmRestarts", dict(T_0=3, T_mult=2, eta_min=0.01)),
+    (
+        "SequentialLR",
+        dict(
+            schedulers=[("LinearLR", dict(start_factor=0.1, total_iters=5)), ("CosineAnnealingLR", dict(T_max=20))],
+            milestones=[5],
+        ),
+    ),  # fmt: skip
+    (
+        "SequentialLR",
+        dict(
+            schedulers=[
+                ("ConstantLR", dict(factor=0.5, total_iters=3)),
+                ("ExponentialLR", dict(gamma=0.9)),
+                ("StepLR", dict(step_size=4)),
+            ],
+            milestones=[3, 30],
+        ),
+    ),  # fmt: skip
+    (
+        "ChainedScheduler",
+        dict(schedulers=[("ExponentialLR", dict(gamma=0.97)), ("StepLR", dict(step_size=10, gamma=0.5))]),
+    ),  # fmt: skip
+    (
+        "ChainedScheduler",
+        dict(schedulers=[("LinearLR", dict(start_factor=0.2, total_iters=8)), ("CosineAnnealingLR", dict(T_max=30))]),
+    ),  # fmt: skip
 ]
+
+
+def build(module, name, kwargs, optimizer=None):
+    """A schedule from ``module`` (optgraph.lr_scheduler, or torch's given an optimizer), nested ones too."""
+    kwargs = dict(kwargs)
+    if "schedulers" in kwargs:
+        kwargs["schedulers"] = [build(module, n, k, optimizer) for n, k in kwargs["schedulers"]]
+    if optimizer is not None and name == "ChainedScheduler":  # torch: ChainedScheduler(schedulers, optimizer=None)
+        return module.ChainedScheduler(optimizer=optimizer, **kwargs)
+    if optimizer is not None:
+        return getattr(module, name)(optimizer, **kwargs)
+    return getattr(module, name)(**kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +71,13 @@ def mlp_example():
     return make_model("mlp"), make_batch("mlp", 4, torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name,kwargs", SCHEDULES, ids=[f"{n}-{k}" for n, k in SCHEDULES])
+@pytest.mark.parametrize("name,kwargs", SCHEDULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SCHEDULES)])
 def test_schedule_matches_torch_for_100_epochs(mlp_example, name, kwargs):
     model, (x, y) = mlp_example
     groups = [{"params": ["head.*"], "lr": 0.3}]
     artifact = optgraph.compile(
         model, (x,), (y,), nn.CrossEntropyLoss(),
-        optimizer=optim.SGD(lr=0.1, param_groups=groups), lr_scheduler=getattr(lr_scheduler, name)(**kwargs),
+        optimizer=optim.SGD(lr=0.1, param_groups=groups), lr_scheduler=build(lr_scheduler, name, kwargs),
     )  # fmt: skip
     session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
     params = dict(model.named_parameters())
@@ -47,8 +85,8 @@ def test_schedule_matches_torch_for_100_epochs(mlp_example, name, kwargs):
         [{"params": [params["head.weight"], params["head.bias"]], "lr": 0.3},
          {"params": [p for n, p in params.items() if not n.startswith("head.")]}], lr=0.1,
     )  # fmt: skip
-    torch_sched = getattr(torch.optim.lr_scheduler, name)(torch_opt, **kwargs)
-    schedule = getattr(lr_scheduler, name)(**kwargs)
+    torch_sched = build(torch.optim.lr_scheduler, name, kwargs, torch_opt)
+    schedule = build(lr_scheduler, name, kwargs)
     for epoch in range(101):
         expected = [g["lr"] for g in torch_opt.param_groups]
         # torch's recursive forms against our closed forms: the drift must stay at float64 rounding

@@ -111,6 +111,8 @@ def build_artifact(
     roles |= {n: "param" for n in captured.trainable + captured.frozen} | {n: "buffer" for n in captured.buffers}
     roles |= {n: t.role for n, t in new_state.items()} | {"loss": "loss", "update_applied": "status"}
     roles |= {n: "output" for n in captured.output_names}
+    if schedule.metric_input is not None:
+        roles[schedule.metric_input] = "input"
     meta = {n: {"trainable": True} for n in captured.trainable} | {n: {"trainable": False} for n in captured.frozen}
     meta |= {n: t.meta for n, t in new_state.items()}
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
     import onnx_ir as ir
 
@@ -19,7 +21,24 @@ if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
 
 
 class LRScheduler:
-    """Base of the public schedules."""
+    """Base of the public schedules.
+
+    A schedule whose learning rate depends on more than the epoch (ReduceLROnPlateau)
+    sets ``lr_from_state``: the train step then reads the ``schedule.lr`` state
+    that its ``emit_advance`` keeps, and ``metric_input`` names the value
+    ``scheduler_step`` takes.
+    """
+
+    lr_from_state = False
+    metric_input: str | None = None
+
+    def extra_state(self, base_lrs: list[float]) -> dict[str, np.ndarray]:
+        """Schedule state besides the epoch and ``schedule.lr``, with initial values."""
+        return {}
+
+    def emit_advance(self, b, state: dict, metric, base_lrs: list[float]) -> dict:
+        """Nodes for one ``scheduler_step``: the next value of every schedule state tensor (by name)."""
+        raise NotImplementedError
 
     def emit_lr(self, b: GraphBuilder, epoch: ir.Value, base_lr: float) -> ir.Value:
         """Graph nodes computing the learning rate (float64 scalar) at ``epoch`` (float64 scalar)."""
@@ -226,10 +245,92 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
 
 class ReduceLROnPlateau(LRScheduler):
-    """Placeholder type until the metric-driven schedule is built (it cannot be sequenced or chained)."""
+    """torch.optim.lr_scheduler.ReduceLROnPlateau: ``scheduler_step(metric)`` cuts the lr by ``factor``
+    after ``patience`` epochs without improvement, then waits ``cooldown`` epochs.
 
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError("ReduceLROnPlateau is not supported yet")
+    State: ``schedule.best`` (float64), ``schedule.num_bad_epochs`` and
+    ``schedule.cooldown_counter`` (int64) and the learning rates in ``schedule.lr``.
+    """
+
+    lr_from_state = True
+    metric_input = "metric"
+
+    def __init__(
+        self,
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float | list[float] = 0,
+        eps: float = 1e-8,
+    ) -> None:
+        if factor >= 1.0:
+            raise ValueError("Factor should be < 1.0.")
+        if mode not in {"min", "max"}:
+            raise ValueError("mode " + mode + " is unknown!")
+        if threshold_mode not in {"rel", "abs"}:
+            raise ValueError("threshold mode " + threshold_mode + " is unknown!")
+        self.mode, self.factor, self.patience = mode, float(factor), int(patience)
+        self.threshold, self.threshold_mode = float(threshold), threshold_mode
+        self.cooldown, self.eps = int(cooldown), float(eps)
+        self.min_lr = list(min_lr) if isinstance(min_lr, (list, tuple)) else float(min_lr)
+
+    def _min_lrs(self, groups: int) -> list[float]:
+        if isinstance(self.min_lr, list):
+            if len(self.min_lr) != groups:
+                raise ValueError(f"expected {groups} min_lrs, got {len(self.min_lr)}")
+            return [float(m) for m in self.min_lr]
+        return [self.min_lr] * groups
+
+    def value(self, epoch, base_lr):  # before any metric, the lr is the base lr
+        return base_lr
+
+    def extra_state(self, base_lrs):
+        self._min_lrs(len(base_lrs))
+        worst = np.inf if self.mode == "min" else -np.inf
+        return {
+            "schedule.best": np.array(worst, np.float64),
+            "schedule.num_bad_epochs": np.array(0, np.int64),
+            "schedule.cooldown_counter": np.array(0, np.int64),
+        }
+
+    def _emit_is_better(self, b, metric, best):
+        t = self.threshold
+        if self.mode == "min":
+            bound = (
+                b.op("Mul", best, b.double(1 - t)) if self.threshold_mode == "rel" else b.op("Sub", best, b.double(t))
+            )
+            return b.op("Less", metric, bound)
+        bound = b.op("Mul", best, b.double(t + 1)) if self.threshold_mode == "rel" else b.op("Add", best, b.double(t))
+        return b.op("Greater", metric, bound)
+
+    def emit_advance(self, b, state, metric, base_lrs):
+        i64 = state["schedule.num_bad_epochs"].dtype
+        zero, one = b.const(0, i64), b.const(1, i64)
+        best, bad, cooldown = (
+            state["schedule.best"],
+            state["schedule.num_bad_epochs"],
+            state["schedule.cooldown_counter"],
+        )
+        better = self._emit_is_better(b, metric, best)
+        best = b.op("Where", better, metric, best)
+        bad = b.op("Where", better, zero, b.op("Add", bad, one))
+        in_cooldown = b.op("Greater", cooldown, zero)
+        cooldown = b.op("Where", in_cooldown, b.op("Sub", cooldown, one), cooldown)
+        bad = b.op("Where", in_cooldown, zero, bad)
+        reduce = b.op("Greater", bad, b.const(self.patience, i64))
+        lrs = state["schedule.lr"]
+        reduced = b.op("Max", b.op("Mul", lrs, b.double(self.factor)), b.double(self._min_lrs(len(base_lrs))))
+        worth_it = b.op("Greater", b.op("Sub", lrs, reduced), b.double(self.eps))
+        lrs = b.op("Where", b.op("And", reduce, worth_it), reduced, lrs)
+        return {
+            "schedule.best": best,
+            "schedule.num_bad_epochs": b.op("Where", reduce, zero, bad),
+            "schedule.cooldown_counter": b.op("Where", reduce, b.const(self.cooldown, i64), cooldown),
+            "schedule.lr": lrs,
+        }
 
 
 class SequentialLR(LRScheduler):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from models import make_batch, make_model
+from models import assert_close, make_batch, make_model
 from torch import nn
 
 import optgraph
@@ -103,6 +105,9 @@ def test_step_lr_rejects_bad_step_size():
 
 
 BAD_SCHEDULES = [
+    ("ReduceLROnPlateau", dict(factor=1.0)),
+    ("ReduceLROnPlateau", dict(mode="avg")),
+    ("ReduceLROnPlateau", dict(threshold_mode="pct")),
     ("LinearLR", dict(start_factor=0)),
     ("LinearLR", dict(end_factor=1.5)),
     ("ConstantLR", dict(factor=2.0)),
@@ -119,3 +124,65 @@ def test_schedule_errors_match_torch(name, kwargs):
     with pytest.raises(type(theirs.value)) as ours:
         getattr(lr_scheduler, name)(**kwargs)
     assert str(ours.value) == str(theirs.value)
+
+
+PLATEAU = [
+    ("min-rel", dict(patience=2), [1.0, 0.9, 0.95, 0.95, 0.95, 0.8, 0.85, 0.85, 0.85, 0.85, 0.7] * 4),
+    (
+        "max-abs-cooldown",
+        dict(mode="max", threshold=0.05, threshold_mode="abs", patience=1, cooldown=2),
+        [0.1, 0.2, 0.22, 0.21, 0.2, 0.19, 0.3, 0.31, 0.29, 0.28, 0.27, 0.5] * 4,
+    ),
+    ("min-lr-eps", dict(factor=0.5, patience=0, min_lr=[0.05, 0.01]), [1.0] + [2.0] * 20 + [float("nan")] * 3),
+    (
+        "min-abs-threshold",
+        dict(threshold=0.1, threshold_mode="abs", patience=3, cooldown=1),
+        [5.0 - 0.02 * i for i in range(60)],
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("case", PLATEAU, ids=[c[0] for c in PLATEAU])
+def test_reduce_lr_on_plateau_matches_torch(mlp_example, case):
+    _, kwargs, metrics = case
+    model, (x, y) = mlp_example
+    reference = copy.deepcopy(model)
+    groups = [{"params": ["head.*"], "lr": 0.3}]
+    artifact = optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(),
+        optimizer=optim.SGD(lr=0.1, param_groups=groups), lr_scheduler=lr_scheduler.ReduceLROnPlateau(**kwargs),
+    )  # fmt: skip
+    session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
+    params = dict(reference.named_parameters())
+    torch_opt = torch.optim.SGD(
+        [{"params": [params["head.weight"], params["head.bias"]], "lr": 0.3},
+         {"params": [p for n, p in params.items() if not n.startswith("head.")]}], lr=0.1,
+    )  # fmt: skip
+    torch_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(torch_opt, **kwargs)
+    reductions = 0
+    for epoch, metric in enumerate(metrics):
+        assert session.lr == [g["lr"] for g in torch_opt.param_groups], f"epoch {epoch}"
+        loss = session.step(x, y)  # the train step uses the schedule's current lr
+        torch_opt.zero_grad()
+        expected = nn.functional.cross_entropy(reference(x), y)
+        expected.backward()
+        torch_opt.step()
+        assert_close(loss, expected, f"loss at epoch {epoch}")
+        before = session.lr
+        session.scheduler_step(metric)
+        torch_sched.step(metric)
+        reductions += session.lr != before
+    assert reductions >= 2, "the metric sequence must trigger reductions"
+    for key, value in reference.state_dict().items():
+        assert_close(session.state_dict()[key], value, key)
+
+
+def test_plateau_needs_a_metric_and_others_refuse_one(mlp_example):
+    model, (x, y) = mlp_example
+    artifact = optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss(), lr_scheduler=lr_scheduler.ReduceLROnPlateau())
+    session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
+    with pytest.raises(TypeError, match="needs the metric"):
+        session.scheduler_step()
+    plain = optgraph.TrainingSession(optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss()))
+    with pytest.raises(TypeError, match="takes no metric"):
+        plain.scheduler_step(0.5)

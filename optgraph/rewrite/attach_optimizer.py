@@ -17,7 +17,7 @@ from optgraph.lr_scheduler import LRScheduler
 from optgraph.optim.optimizers import Optimizer, ParamGroup
 from optgraph.optim.rules import UpdateContext, chain_slots, emit_chain
 from optgraph.rewrite.builder import DOUBLE, INT64, GraphBuilder, ir_dtype
-from optgraph.rewrite.state import EPOCH, NEXT, STEP_COUNTER, StateTensor, optim_slot_name
+from optgraph.rewrite.state import EPOCH, NEXT, SCHEDULE_LR, STEP_COUNTER, StateTensor, optim_slot_name
 
 
 class AttachOptimizer(ir.passes.InPlacePass):
@@ -55,11 +55,15 @@ class AttachOptimizer(ir.passes.InPlacePass):
             step_number = b.cast(next_step, DOUBLE)
             first = b.op("Equal", step, b.const(0, INT64))
             epoch_number = b.cast(epoch, DOUBLE)
+            lr_state = b.add_input(SCHEDULE_LR, DOUBLE, [len(self.groups)]) if self.schedule.lr_from_state else None
 
         for group in self.groups:
             rules = self.optimizer.rules(group.options)
             with b.scope(f"lr/group{group.index}"):
-                lr = self.schedule.emit_lr(b, epoch_number, float(group.options["lr"]))
+                if lr_state is not None:  # the schedule keeps the lr itself (ReduceLROnPlateau)
+                    lr = b.op("Gather", lr_state, b.const(group.index, INT64), axis=0)
+                else:
+                    lr = self.schedule.emit_lr(b, epoch_number, float(group.options["lr"]))
             for name in group.params:
                 param = inputs[name]
                 dtype = param.dtype.numpy()

@@ -32,6 +32,18 @@ class LRScheduler:
     lr_from_state = False
     metric_input: str | None = None
 
+    def for_group(self, index: int) -> LRScheduler:
+        """This schedule as seen by parameter group ``index`` (per-group arguments such as a list of max_lr)."""
+        return self
+
+    def adjust_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Optimizer options as the schedule sets them at construction (OneCycleLR's momentum)."""
+        return options
+
+    def emit_momentum(self, b: GraphBuilder, epoch: ir.Value):
+        """Nodes for the momentum / beta1 of this epoch, for a schedule that cycles it; else None."""
+        return None
+
     def extra_state(self, base_lrs: list[float]) -> dict[str, np.ndarray]:
         """Schedule state besides the epoch and ``schedule.lr``, with initial values."""
         return {}
@@ -404,3 +416,138 @@ class ChainedScheduler(LRScheduler):
         for schedule in self._schedulers:
             lr *= schedule.value(epoch, 1.0)
         return lr
+
+
+def _per_group(value, index: int, what: str):
+    if isinstance(value, (list, tuple)):
+        if index >= len(value):
+            raise ValueError(f"{what} has {len(value)} values, but the optimizer has more parameter groups")
+        return value[index]
+    return value
+
+
+class OneCycleLR(LRScheduler):
+    """torch.optim.lr_scheduler.OneCycleLR, stepped once per batch, with its momentum / beta1 cycling.
+
+    The learning rate ignores the optimizer's ``lr``: it runs from ``max_lr / div_factor``
+    up to ``max_lr`` and down to ``max_lr / div_factor / final_div_factor``.
+    """
+
+    def __init__(
+        self,
+        max_lr: float | list[float],
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float | list[float] = 0.85,
+        max_momentum: float | list[float] = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+    ) -> None:
+        if total_steps is not None:
+            if total_steps <= 0 or not isinstance(total_steps, int):
+                raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
+        elif epochs is not None and steps_per_epoch is not None:
+            if not isinstance(epochs, int) or epochs <= 0:
+                raise ValueError(f"Expected positive integer epochs, but got {epochs}")
+            if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+                raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
+            total_steps = epochs * steps_per_epoch
+        else:
+            raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+        if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
+            raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
+        if anneal_strategy not in ["cos", "linear"]:
+            raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
+        self.max_lr, self.total_steps, self.pct_start = max_lr, total_steps, pct_start
+        self.anneal_strategy, self.cycle_momentum = anneal_strategy, cycle_momentum
+        self.base_momentum, self.max_momentum = base_momentum, max_momentum
+        self.div_factor, self.final_div_factor, self.three_phase = div_factor, final_div_factor, three_phase
+
+    def for_group(self, index):
+        group = OneCycleLR.__new__(OneCycleLR)
+        group.__dict__.update(self.__dict__)
+        group.max_lr = float(_per_group(self.max_lr, index, "max_lr"))
+        group.base_momentum = float(_per_group(self.base_momentum, index, "base_momentum"))
+        group.max_momentum = float(_per_group(self.max_momentum, index, "max_momentum"))
+        return group
+
+    def adjust_options(self, options):
+        if not self.cycle_momentum:
+            return options
+        if "betas" in options:
+            return {**options, "betas": (self.max_momentum, options["betas"][1])}
+        if "momentum" in options:
+            return {**options, "momentum": self.max_momentum}
+        raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` option enabled")
+
+    def _phases(self) -> list[tuple[float, str, str]]:
+        """(end step, start key, end key) of each phase; keys name lr and momentum anchors."""
+        total, pct = self.total_steps, self.pct_start
+        if self.three_phase:
+            return [
+                (float(pct * total) - 1, "initial", "max"),
+                (float(2 * pct * total) - 2, "max", "initial"),
+                (total - 1, "initial", "min"),
+            ]
+        return [(float(pct * total) - 1, "initial", "max"), (total - 1, "max", "min")]
+
+    def _anchors(self) -> tuple[dict[str, float], dict[str, float]]:
+        initial = self.max_lr / self.div_factor
+        lrs = {"initial": initial, "max": self.max_lr, "min": initial / self.final_div_factor}
+        # momentum moves against the learning rate: high while the lr is low
+        momenta = {"initial": self.max_momentum, "max": self.base_momentum, "min": self.max_momentum}
+        return lrs, momenta
+
+    def _value(self, step: float, anchors: dict[str, float]) -> float:
+        start_step = 0.0
+        phases = self._phases()
+        for i, (end_step, start, end) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                return self._anneal(anchors[start], anchors[end], pct)
+            start_step = end_step
+        raise AssertionError("unreachable")
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _emit(self, b, step, anchors: dict[str, float]):
+        phases = self._phases()
+        result = None
+        start_step = 0.0
+        pieces = []
+        for end_step, start, end in phases:
+            pct = b.op("Div", b.op("Sub", step, b.double(start_step)), b.double(end_step - start_step))
+            if self.anneal_strategy == "cos":
+                wave = b.op("Add", b.op("Cos", b.op("Mul", b.double(math.pi), pct)), b.double(1.0))
+                value = b.op(
+                    "Add", b.double(anchors[end]), b.op("Mul", b.double((anchors[start] - anchors[end]) / 2.0), wave)
+                )
+            else:
+                value = b.op("Add", b.op("Mul", b.double(anchors[end] - anchors[start]), pct), b.double(anchors[start]))
+            pieces.append((end_step, value))
+            start_step = end_step
+        result = pieces[-1][1]
+        for end_step, value in reversed(pieces[:-1]):
+            result = b.op("Where", b.op("LessOrEqual", step, b.double(end_step)), value, result)
+        return result
+
+    def emit_lr(self, b, epoch, base_lr):
+        return self._emit(b, epoch, self._anchors()[0])
+
+    def emit_momentum(self, b, epoch):
+        return self._emit(b, epoch, self._anchors()[1]) if self.cycle_momentum else None
+
+    def value(self, epoch, base_lr):
+        return self._value(epoch, self._anchors()[0])
+
+    def momentum(self, epoch: int) -> float:
+        """The momentum / beta1 at ``epoch``, in plain Python."""
+        return self._value(epoch, self._anchors()[1])

@@ -53,6 +53,20 @@ SCHEDULES = [
         "ChainedScheduler",
         dict(schedulers=[("LinearLR", dict(start_factor=0.2, total_iters=8)), ("CosineAnnealingLR", dict(T_max=30))]),
     ),  # fmt: skip
+    ("OneCycleLR", dict(max_lr=[0.5, 0.2], total_steps=120)),
+    (
+        "OneCycleLR",
+        dict(
+            max_lr=0.4,
+            epochs=11,
+            steps_per_epoch=11,
+            pct_start=0.25,
+            anneal_strategy="linear",
+            three_phase=True,
+            div_factor=10.0,
+            final_div_factor=100.0,
+        ),
+    ),  # fmt: skip
 ]
 
 
@@ -93,7 +107,9 @@ def test_schedule_matches_torch_for_100_epochs(mlp_example, name, kwargs):
         expected = [g["lr"] for g in torch_opt.param_groups]
         # torch's recursive forms against our closed forms: the drift must stay at float64 rounding
         assert session.lr == pytest.approx(expected, rel=1e-12, abs=1e-15), f"epoch {epoch}"
-        assert [schedule.value(epoch, base) for base in (0.3, 0.1)] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert [schedule.for_group(i).value(epoch, base) for i, base in enumerate((0.3, 0.1))] == pytest.approx(
+            expected, rel=1e-12, abs=1e-15
+        )
         session.scheduler_step()
         torch_opt.step()
         torch_sched.step()
@@ -105,6 +121,10 @@ def test_step_lr_rejects_bad_step_size():
 
 
 BAD_SCHEDULES = [
+    ("OneCycleLR", dict(max_lr=0.1)),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=0)),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, pct_start=2.0)),
+    ("OneCycleLR", dict(max_lr=0.1, total_steps=10, anneal_strategy="step")),
     ("ReduceLROnPlateau", dict(factor=1.0)),
     ("ReduceLROnPlateau", dict(mode="avg")),
     ("ReduceLROnPlateau", dict(threshold_mode="pct")),

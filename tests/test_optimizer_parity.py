@@ -162,3 +162,18 @@ def test_accumulation_clipping_and_param_groups_match_torch(kind):
             for slot, value in slots.items():
                 assert_close(ours[names[i]][slot], value, f"{slot} of {names[i]} after call {call}")
     assert clipped > 0, "clipping never engaged: the test would not catch a wrong clip"
+
+
+ONE_CYCLE = [
+    ("SGD", dict(lr=0.01, momentum=0.9), dict(max_lr=0.05, total_steps=60)),
+    ("SGD", dict(lr=0.01, nesterov=True, momentum=0.9), dict(max_lr=0.05, total_steps=60, three_phase=True)),
+    ("AdamW", dict(lr=0.01), dict(max_lr=0.01, total_steps=60, anneal_strategy="linear")),
+    ("RMSprop", dict(lr=0.01), dict(max_lr=0.002, total_steps=60, base_momentum=0.5, max_momentum=0.8)),
+    ("NAdam", dict(lr=0.01), dict(max_lr=0.01, total_steps=60)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,schedule", ONE_CYCLE, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(ONE_CYCLE)])
+def test_one_cycle_momentum_cycling_matches_torch(name, kwargs, schedule):
+    """OneCycleLR stepped every batch cycles momentum / beta1: the optimizer state follows torch's."""
+    run_parity("mlp", "ce", name, kwargs, steps=50, schedule=("OneCycleLR", schedule), scheduler_every=1)

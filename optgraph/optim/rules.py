@@ -35,6 +35,8 @@ class UpdateContext:
         step: float64 scalar, the optimizer step count including this step (1 first).
         first: bool scalar, true on the first optimizer step.
         lr: float64 scalar, this parameter group's learning rate for this step.
+        momentum: float64 scalar set by a schedule that cycles momentum (OneCycleLR):
+            it replaces SGD's and RMSprop's ``momentum`` and the Adam family's ``beta1``.
     """
 
     b: GraphBuilder
@@ -42,6 +44,7 @@ class UpdateContext:
     step: ir.Value
     first: ir.Value
     lr: ir.Value
+    momentum: ir.Value | None = None
 
     def k(self, number: float) -> ir.Value:
         """A constant in the parameter's dtype."""
@@ -54,6 +57,20 @@ class UpdateContext:
     def d(self, number: float) -> ir.Value:
         """A float64 constant, for scalar arithmetic."""
         return self.b.double(number)
+
+    def cycled(self, number: float) -> ir.Value:
+        """``momentum``/``beta1`` as a float64 scalar: the schedule's value if it cycles one, else ``number``."""
+        return self.momentum if self.momentum is not None else self.d(number)
+
+    def cycled_k(self, number: float) -> ir.Value:
+        """:meth:`cycled` in the parameter's dtype."""
+        return self.k(number) if self.momentum is None else self.to_param_dtype(self.momentum)
+
+    def one_minus_cycled_k(self, number: float) -> ir.Value:
+        """``1 - momentum`` (or ``1 - beta1``) in the parameter's dtype."""
+        if self.momentum is None:
+            return self.k(1.0 - number)
+        return self.to_param_dtype(self.b.op("Sub", self.d(1.0), self.momentum))
 
 
 State = Mapping[str, "ir.Value"]
@@ -114,14 +131,14 @@ class TraceMomentum(UpdateRule):
     def emit(self, ctx, u, state):
         b = ctx.b
         buf = state["momentum_buffer"]
-        decayed = b.op("Mul", buf, ctx.k(self.momentum))
+        decayed = b.op("Mul", buf, ctx.cycled_k(self.momentum))
         if self.dampening == 0:
             later = b.op("Add", decayed, u)
         else:
             later = b.op("Add", decayed, b.op("Mul", u, ctx.k(1.0 - self.dampening)))
         new_buf = b.op("Where", ctx.first, u, later)
         if self.nesterov:
-            u = b.op("Add", u, b.op("Mul", new_buf, ctx.k(self.momentum)))
+            u = b.op("Add", u, b.op("Mul", new_buf, ctx.cycled_k(self.momentum)))
         else:
             u = new_buf
         return u, {"momentum_buffer": new_buf}
@@ -146,13 +163,13 @@ class ScaleByAdam(UpdateRule):
         b = ctx.b
         m, v = state["exp_avg"], state["exp_avg_sq"]
         # torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.k(1.0 - self.beta1)))
+        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.one_minus_cycled_k(self.beta1)))
         v = b.op("Add", b.op("Mul", v, ctx.k(self.beta2)), b.op("Mul", b.op("Mul", u, ctx.k(1.0 - self.beta2)), u))
         new_state = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = b.op("Max", state["max_exp_avg_sq"], v)
             new_state["max_exp_avg_sq"] = v
-        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta1), ctx.step))
+        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), ctx.step))
         bias_correction2_sqrt = b.op("Sqrt", b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta2), ctx.step)))
         denom = b.op("Add", b.op("Div", b.op("Sqrt", v), ctx.to_param_dtype(bias_correction2_sqrt)), ctx.k(self.eps))
         direction = b.op("Div", b.op("Div", m, denom), ctx.to_param_dtype(bias_correction1))
@@ -223,7 +240,7 @@ class ScaleByRms(UpdateRule):
         avg = b.op("Add", avg, ctx.k(self.eps))
         direction = b.op("Div", u, avg)
         if self.momentum > 0:
-            direction = b.op("Add", b.op("Mul", state["momentum_buffer"], ctx.k(self.momentum)), direction)
+            direction = b.op("Add", b.op("Mul", state["momentum_buffer"], ctx.cycled_k(self.momentum)), direction)
             new_state["momentum_buffer"] = direction
         return direction, new_state
 
@@ -242,11 +259,11 @@ class ScaleByAdamax(UpdateRule):
     def emit(self, ctx, u, state):
         b = ctx.b
         m = state["exp_avg"]
-        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.k(1 - self.beta1)))
+        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.one_minus_cycled_k(self.beta1)))
         exp_inf = b.op(
             "Max", b.op("Mul", state["exp_inf"], ctx.k(self.beta2)), b.op("Add", b.op("Abs", u), ctx.k(self.eps))
         )
-        bias_correction = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta1), ctx.step))
+        bias_correction = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), ctx.step))
         direction = b.op("Div", b.op("Div", m, exp_inf), ctx.to_param_dtype(bias_correction))
         return direction, {"exp_avg": m, "exp_inf": exp_inf}
 
@@ -281,7 +298,7 @@ class ScaleByAdadelta(UpdateRule):
 def _adam_moments(ctx: UpdateContext, u, state, beta1: float, beta2: float):
     b = ctx.b
     m, v = state["exp_avg"], state["exp_avg_sq"]
-    m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.k(1.0 - beta1)))
+    m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.one_minus_cycled_k(beta1)))
     v = b.op("Add", b.op("Mul", v, ctx.k(beta2)), b.op("Mul", b.op("Mul", u, ctx.k(1.0 - beta2)), u))
     return m, v
 
@@ -301,7 +318,7 @@ class ScaleByNadam(UpdateRule):
     def _mu(self, ctx, step):
         b = ctx.b
         decay = b.op("Pow", ctx.d(0.96), b.op("Mul", step, ctx.d(self.momentum_decay)))
-        return b.op("Mul", ctx.d(self.beta1), b.op("Sub", ctx.d(1.0), b.op("Mul", ctx.d(0.5), decay)))
+        return b.op("Mul", ctx.cycled(self.beta1), b.op("Sub", ctx.d(1.0), b.op("Mul", ctx.d(0.5), decay)))
 
     def emit(self, ctx, u, state):
         b = ctx.b
@@ -339,7 +356,7 @@ class ScaleByRadam(UpdateRule):
         m, v = _adam_moments(ctx, u, state, self.beta1, self.beta2)
         t = ctx.step
         beta2_t = b.op("Pow", ctx.d(self.beta2), t)
-        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta1), t))
+        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), t))
         bias_correction2 = b.op("Sub", ctx.d(1.0), beta2_t)
         rho_inf = 2 / (1 - self.beta2) - 1
         rho_t = b.op(

@@ -58,12 +58,14 @@ class AttachOptimizer(ir.passes.InPlacePass):
             lr_state = b.add_input(SCHEDULE_LR, DOUBLE, [len(self.groups)]) if self.schedule.lr_from_state else None
 
         for group in self.groups:
-            rules = self.optimizer.rules(group.options)
+            schedule = self.schedule.for_group(group.index)
+            rules = self.optimizer.rules(schedule.adjust_options(group.options))
             with b.scope(f"lr/group{group.index}"):
                 if lr_state is not None:  # the schedule keeps the lr itself (ReduceLROnPlateau)
                     lr = b.op("Gather", lr_state, b.const(group.index, INT64), axis=0)
                 else:
-                    lr = self.schedule.emit_lr(b, epoch_number, float(group.options["lr"]))
+                    lr = schedule.emit_lr(b, epoch_number, float(group.options["lr"]))
+                momentum = schedule.emit_momentum(b, epoch_number)
             for name in group.params:
                 param = inputs[name]
                 dtype = param.dtype.numpy()
@@ -81,7 +83,7 @@ class AttachOptimizer(ir.passes.InPlacePass):
                     for slot, spec in chain_slots(rules).items()
                 }
                 with b.scope(f"optim/{name}"):
-                    ctx = UpdateContext(b, param, step_number, first, lr)
+                    ctx = UpdateContext(b, param, step_number, first, lr, momentum)
                     new_param, new_state = emit_chain(rules, ctx, grads[name], state)
                 b.add_output(new_param, name + NEXT)
                 for slot, value in new_state.items():

@@ -21,7 +21,7 @@ from optgraph.rewrite.state import EPOCH, NEXT, SCHEDULE_LR, StateTensor
 
 def initial_lrs(schedule: LRScheduler, groups: Sequence[ParamGroup]) -> np.ndarray:
     """``session.lr`` right after construction, from the schedule's Python twin."""
-    return np.array([schedule.value(0, float(g.options["lr"])) for g in groups], np.float64)
+    return np.array([schedule.for_group(g.index).value(0, float(g.options["lr"])) for g in groups], np.float64)
 
 
 def build_scheduler_step(
@@ -44,7 +44,7 @@ def build_scheduler_step(
         lrs = []
         for group in groups:
             with b.scope(f"lr/group{group.index}"):
-                lr = schedule.emit_lr(b, epoch_number, float(group.options["lr"]))
+                lr = schedule.for_group(group.index).emit_lr(b, epoch_number, float(group.options["lr"]))
                 lrs.append(b.op("Reshape", lr, b.const([1], INT64)))
         advanced = {SCHEDULE_LR: b.op("Concat", *lrs, axis=0)}
     b.add_output(next_epoch, EPOCH + NEXT)

@@ -20,6 +20,15 @@ if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
     from optgraph.rewrite.builder import GraphBuilder
 
 
+def _fresh_start(last_epoch: int) -> None:
+    """Schedules start at epoch 0 (torch's ``last_epoch=-1``); a run resumes by reopening a saved session."""
+    if last_epoch != -1:
+        raise KeyError(
+            "param 'initial_lr' is not specified in param_groups[0] when resuming scheduler with last_epoch >= 0.\n"
+            "optgraph schedules start fresh (last_epoch=-1); to resume, open the saved session directory"
+        )
+
+
 class LRScheduler:
     """Base of the public schedules.
 
@@ -86,7 +95,8 @@ class ConstantSchedule(LRScheduler):
 class StepLR(LRScheduler):
     """torch.optim.lr_scheduler.StepLR: ``base_lr * gamma ** (epoch // step_size)``."""
 
-    def __init__(self, step_size: int, gamma: float = 0.1) -> None:
+    def __init__(self, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
+        _fresh_start(last_epoch)
         if not isinstance(step_size, int) or isinstance(step_size, bool) or step_size <= 0:
             raise ValueError(f"Expected positive integer step_size, but got {step_size}")
         self.step_size = step_size
@@ -103,7 +113,8 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """torch.optim.lr_scheduler.MultiStepLR: ``base_lr * gamma ** (milestones passed)``."""
 
-    def __init__(self, milestones, gamma: float = 0.1) -> None:
+    def __init__(self, milestones, gamma: float = 0.1, last_epoch: int = -1) -> None:
+        _fresh_start(last_epoch)
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = float(gamma)
 
@@ -120,7 +131,8 @@ class MultiStepLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """torch.optim.lr_scheduler.ExponentialLR: ``base_lr * gamma ** epoch``."""
 
-    def __init__(self, gamma: float) -> None:
+    def __init__(self, gamma: float, last_epoch: int = -1) -> None:
+        _fresh_start(last_epoch)
         self.gamma = float(gamma)
 
     def emit_lr(self, b, epoch, base_lr):
@@ -140,7 +152,8 @@ def _emit_cosine(b, base_lr: float, eta_min: float, position, period):
 class CosineAnnealingLR(LRScheduler):
     """torch.optim.lr_scheduler.CosineAnnealingLR (closed form, periodic beyond ``T_max`` as torch's)."""
 
-    def __init__(self, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803 - torch's name
+    def __init__(self, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:  # noqa: N803 - torch's name
+        _fresh_start(last_epoch)
         self.T_max = T_max
         self.eta_min = float(eta_min)
 
@@ -154,7 +167,10 @@ class CosineAnnealingLR(LRScheduler):
 class LinearLR(LRScheduler):
     """torch.optim.lr_scheduler.LinearLR: the factor goes linearly from start to end over ``total_iters``."""
 
-    def __init__(self, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5) -> None:
+    def __init__(
+        self, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5, last_epoch: int = -1
+    ) -> None:
+        _fresh_start(last_epoch)
         if start_factor > 1.0 or start_factor <= 0:
             raise ValueError("Starting multiplicative factor expected to be greater than 0 and less or equal to 1.")
         if end_factor > 1.0 or end_factor < 0:
@@ -178,7 +194,8 @@ class LinearLR(LRScheduler):
 class ConstantLR(LRScheduler):
     """torch.optim.lr_scheduler.ConstantLR: ``base_lr * factor`` until ``total_iters``, then ``base_lr``."""
 
-    def __init__(self, factor: float = 1.0 / 3, total_iters: int = 5) -> None:
+    def __init__(self, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
+        _fresh_start(last_epoch)
         if factor > 1.0 or factor < 0:
             raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
         self.factor = float(factor)
@@ -195,7 +212,8 @@ class ConstantLR(LRScheduler):
 class PolynomialLR(LRScheduler):
     """torch.optim.lr_scheduler.PolynomialLR: ``base_lr * (1 - min(epoch, total_iters) / total_iters) ** power``."""
 
-    def __init__(self, total_iters: int = 5, power: float = 1.0) -> None:
+    def __init__(self, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1) -> None:
+        _fresh_start(last_epoch)
         self.total_iters = total_iters
         self.power = float(power)
 
@@ -214,7 +232,8 @@ class PolynomialLR(LRScheduler):
 class CosineAnnealingWarmRestarts(LRScheduler):
     """torch.optim.lr_scheduler.CosineAnnealingWarmRestarts: cosine cycles of ``T_0 * T_mult ** i`` epochs."""
 
-    def __init__(self, T_0: int, T_mult: int = 1, eta_min: float = 0.0) -> None:  # noqa: N803 - torch's names
+    def __init__(self, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:  # noqa: N803 - torch's names
+        _fresh_start(last_epoch)
         if T_0 <= 0 or not isinstance(T_0, int):
             raise ValueError(f"Expected positive integer T_0, but got {T_0}")
         if T_mult < 1 or not isinstance(T_mult, int):
@@ -348,7 +367,8 @@ class ReduceLROnPlateau(LRScheduler):
 class SequentialLR(LRScheduler):
     """torch.optim.lr_scheduler.SequentialLR: ``schedulers[i]`` runs from ``milestones[i-1]``, restarted at 0."""
 
-    def __init__(self, schedulers, milestones) -> None:
+    def __init__(self, schedulers, milestones, last_epoch: int = -1) -> None:
+        _fresh_start(last_epoch)
         schedulers, milestones = list(schedulers), [int(m) for m in milestones]
         if len(schedulers) < 1:
             raise ValueError(f"{type(self).__name__} expects at least one scheduler, but got no scheduler.")
@@ -447,7 +467,9 @@ class OneCycleLR(LRScheduler):
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
         three_phase: bool = False,
+        last_epoch: int = -1,
     ) -> None:
+        _fresh_start(last_epoch)
         if total_steps is not None:
             if total_steps <= 0 or not isinstance(total_steps, int):
                 raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")

@@ -206,3 +206,26 @@ def test_plateau_needs_a_metric_and_others_refuse_one(mlp_example):
     plain = optgraph.TrainingSession(optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss()))
     with pytest.raises(TypeError, match="takes no metric"):
         plain.scheduler_step(0.5)
+
+
+SCHEDULE_NAMES = [
+    "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "ConstantLR", "PolynomialLR",
+    "CosineAnnealingWarmRestarts", "OneCycleLR", "SequentialLR", "ChainedScheduler", "ReduceLROnPlateau",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCHEDULE_NAMES)
+def test_signature_is_torchs_minus_the_optimizer(name):
+    import inspect
+
+    ours = inspect.signature(getattr(lr_scheduler, name)).parameters
+    theirs = inspect.signature(getattr(torch.optim.lr_scheduler, name)).parameters
+    assert list(ours) == [n for n in theirs if n != "optimizer"]
+    for arg, param in ours.items():
+        assert param.default == theirs[arg].default, f"{name}.{arg} default"
+
+
+def test_only_a_fresh_start_is_supported():
+    lr_scheduler.StepLR(step_size=3, last_epoch=-1)
+    with pytest.raises(KeyError, match="initial_lr"):
+        lr_scheduler.StepLR(step_size=3, last_epoch=4)

@@ -76,6 +76,24 @@ class UpdateContext:
 State = Mapping[str, "ir.Value"]
 
 
+def lerp(ctx: UpdateContext, avg: ir.Value, x: ir.Value, weight: ir.Value) -> ir.Value:
+    """``avg + (x - avg) * weight``: torch's ``avg.lerp_(x, weight)`` for weights below 0.5."""
+    b = ctx.b
+    return b.op("Add", avg, b.op("Mul", b.op("Sub", x, avg), weight))
+
+
+def decayed_square_average(ctx: UpdateContext, avg: ir.Value, x: ir.Value, decay: float) -> ir.Value:
+    """``avg * decay + ((1 - decay) * x) * x``: torch's ``avg.mul_(decay).addcmul_(x, x, value=1 - decay)``."""
+    b = ctx.b
+    return b.op("Add", b.op("Mul", avg, ctx.k(decay)), b.op("Mul", b.op("Mul", x, ctx.k(1.0 - decay)), x))
+
+
+def adam_moments(ctx: UpdateContext, u: ir.Value, state: State, beta1: float, beta2: float):
+    """The Adam family's first and second moments after one more gradient."""
+    m = lerp(ctx, state["exp_avg"], u, ctx.one_minus_cycled_k(beta1))
+    return m, decayed_square_average(ctx, state["exp_avg_sq"], u, beta2)
+
+
 @dataclass(frozen=True)
 class Slot:
     """A state slot: shaped like the parameter, or a float32 scalar (``scalar=True``)."""
@@ -161,10 +179,7 @@ class ScaleByAdam(UpdateRule):
 
     def emit(self, ctx, u, state):
         b = ctx.b
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        # torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.one_minus_cycled_k(self.beta1)))
-        v = b.op("Add", b.op("Mul", v, ctx.k(self.beta2)), b.op("Mul", b.op("Mul", u, ctx.k(1.0 - self.beta2)), u))
+        m, v = adam_moments(ctx, u, state, self.beta1, self.beta2)
         new_state = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = b.op("Max", state["max_exp_avg_sq"], v)
@@ -224,15 +239,11 @@ class ScaleByRms(UpdateRule):
 
     def emit(self, ctx, u, state):
         b = ctx.b
-        square_avg = b.op(
-            "Add",
-            b.op("Mul", state["square_avg"], ctx.k(self.alpha)),
-            b.op("Mul", b.op("Mul", u, ctx.k(1 - self.alpha)), u),
-        )
+        square_avg = decayed_square_average(ctx, state["square_avg"], u, self.alpha)
         new_state = {"square_avg": square_avg}
         if self.centered:
             grad_avg = state["grad_avg"]
-            grad_avg = b.op("Add", grad_avg, b.op("Mul", b.op("Sub", u, grad_avg), ctx.k(1 - self.alpha)))
+            grad_avg = lerp(ctx, grad_avg, u, ctx.k(1 - self.alpha))
             new_state["grad_avg"] = grad_avg
             avg = b.op("Sqrt", b.op("Sub", square_avg, b.op("Mul", grad_avg, grad_avg)))
         else:
@@ -258,8 +269,7 @@ class ScaleByAdamax(UpdateRule):
 
     def emit(self, ctx, u, state):
         b = ctx.b
-        m = state["exp_avg"]
-        m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.one_minus_cycled_k(self.beta1)))
+        m = lerp(ctx, state["exp_avg"], u, ctx.one_minus_cycled_k(self.beta1))
         exp_inf = b.op(
             "Max", b.op("Mul", state["exp_inf"], ctx.k(self.beta2)), b.op("Add", b.op("Abs", u), ctx.k(self.eps))
         )
@@ -280,27 +290,11 @@ class ScaleByAdadelta(UpdateRule):
 
     def emit(self, ctx, u, state):
         b = ctx.b
-        square_avg = b.op(
-            "Add",
-            b.op("Mul", state["square_avg"], ctx.k(self.rho)),
-            b.op("Mul", b.op("Mul", u, ctx.k(1 - self.rho)), u),
-        )
+        square_avg = decayed_square_average(ctx, state["square_avg"], u, self.rho)
         std = b.op("Sqrt", b.op("Add", square_avg, ctx.k(self.eps)))
         delta = b.op("Mul", b.op("Div", b.op("Sqrt", b.op("Add", state["acc_delta"], ctx.k(self.eps))), std), u)
-        acc_delta = b.op(
-            "Add",
-            b.op("Mul", state["acc_delta"], ctx.k(self.rho)),
-            b.op("Mul", b.op("Mul", delta, ctx.k(1 - self.rho)), delta),
-        )
+        acc_delta = decayed_square_average(ctx, state["acc_delta"], delta, self.rho)
         return delta, {"square_avg": square_avg, "acc_delta": acc_delta}
-
-
-def _adam_moments(ctx: UpdateContext, u, state, beta1: float, beta2: float):
-    b = ctx.b
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    m = b.op("Add", m, b.op("Mul", b.op("Sub", u, m), ctx.one_minus_cycled_k(beta1)))
-    v = b.op("Add", b.op("Mul", v, ctx.k(beta2)), b.op("Mul", b.op("Mul", u, ctx.k(1.0 - beta2)), u))
-    return m, v
 
 
 @dataclass(frozen=True)
@@ -322,7 +316,7 @@ class ScaleByNadam(UpdateRule):
 
     def emit(self, ctx, u, state):
         b = ctx.b
-        m, v = _adam_moments(ctx, u, state, self.beta1, self.beta2)
+        m, v = adam_moments(ctx, u, state, self.beta1, self.beta2)
         mu = self._mu(ctx, ctx.step)
         mu_next = self._mu(ctx, b.op("Add", ctx.step, ctx.d(1.0)))
         # torch keeps mu_product as a float32 tensor and reads it back as a Python float
@@ -353,7 +347,7 @@ class ScaleByRadam(UpdateRule):
 
     def emit(self, ctx, u, state):
         b = ctx.b
-        m, v = _adam_moments(ctx, u, state, self.beta1, self.beta2)
+        m, v = adam_moments(ctx, u, state, self.beta1, self.beta2)
         t = ctx.step
         beta2_t = b.op("Pow", ctx.d(self.beta2), t)
         bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), t))

@@ -235,6 +235,8 @@ CORRUPTIONS = {
     "path-outside": (lambda d: _edit_graph_file(d, "../train_step.onnx"), r"must be a plain name inside the directory"),
     "truncated-checkpoint": (lambda d: _truncate(d / "checkpoint.safetensors"), r"checkpoint.safetensors: not a readable"),
     "manifest-not-json": (lambda d: (d / "manifest.json").write_text("{"), r"manifest.json is not valid JSON"),
+    "external-data": (lambda d: _point_outside(d / "eval.onnx"), r"eval.onnx: tensor .* points to external data '../secret.bin'"),
+    "graph-not-onnx": (lambda d: (d / "scheduler_step.onnx").write_bytes(b"not a model"), r"scheduler_step.onnx: not a readable ONNX model"),
     "shape-mismatch": (lambda d: _edit_param_shape(d), r"tensor 'fc.bias' is float32\[10\], manifest.json expects float32\[11\]"),
 }  # fmt: skip
 
@@ -258,6 +260,18 @@ def _edit_param_shape(d):
             if t["name"] in ("fc.bias", "fc.bias.next"):
                 t["shape"] = [11]
     (d / "manifest.json").write_text(json.dumps(data))
+
+
+def _point_outside(path):
+    import onnx
+
+    model = onnx.load(path)
+    tensor = onnx.helper.make_tensor("stolen", onnx.TensorProto.FLOAT, [4], [0.0] * 4)
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../secret.bin")
+    model.graph.initializer.append(tensor)
+    onnx.save(model, path)
 
 
 def _truncate(path):

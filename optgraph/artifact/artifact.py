@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
@@ -53,12 +54,44 @@ class Artifact:
             raise ArtifactError(f"{root}: not an artifact directory (it does not exist or is not a directory)")
         manifest = Manifest.from_json(_read(root, MANIFEST_FILE).decode("utf-8", errors="replace"))
         graphs = {name: _read(root, manifest.graphs[name].file) for name in GRAPH_NAMES}
+        for name, data in graphs.items():
+            _check_graph(root / manifest.graphs[name].file, data)
         try:
             state = load_safetensors(_read(root, CHECKPOINT_FILE))
         except (SafetensorError, ValueError, OSError) as e:
             raise ArtifactError(f"{root / CHECKPOINT_FILE}: not a readable safetensors file ({e})") from None
         _check_state(root / CHECKPOINT_FILE, manifest, state)
         return cls(manifest, graphs, state)
+
+
+def _check_graph(path: Path, data: bytes) -> None:
+    """A graph must parse and hold all its tensors inline: no external-data file may be read."""
+    try:
+        model = onnx.load_from_string(data)  # from bytes: external data is never loaded
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((entry.value for entry in tensor.external_data if entry.key == "location"), "?")
+            raise ArtifactError(
+                f"{path}: tensor {tensor.name!r} points to external data {where!r}; "
+                "an artifact keeps every tensor inside its graph files"
+            )
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == onnx.AttributeProto.TENSORS:
+                yield from attribute.tensors
+            elif attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from _all_tensors(subgraph)
 
 
 def _check_state(path: Path, manifest: Manifest, state: dict[str, np.ndarray]) -> None:

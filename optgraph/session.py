@@ -48,7 +48,9 @@ class _StateStore:
         return ort.OrtValue.ortvalue_from_shape_and_type(current.shape(), dtype, self.device, 0)
 
     def read(self, name: str) -> np.ndarray:
-        return self.values[name].numpy()
+        # OrtValue.numpy() on CPU is a view of the state buffer, which the next step overwrites
+        # (double buffering) and which dies with the session: hand out a copy.
+        return np.array(self.values[name].numpy(), copy=True)
 
 
 _ORT_TYPES = {
@@ -245,7 +247,7 @@ class TrainingSession:
         return state
 
     def _snapshot(self) -> Artifact:
-        state = {name: self._store.read(name).copy() for name in self._store.values}
+        state = {name: self._store.read(name) for name in self._store.values}
         return Artifact(self._artifact.manifest, self._artifact.graphs, state)
 
     def save(self, directory: str | os.PathLike) -> Path:

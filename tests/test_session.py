@@ -344,3 +344,72 @@ def test_non_finite_batch_is_skipped_bit_identically_and_reported(cnn_artifact):
     for key, value in reference.state_dict().items():
         assert_close(session.state_dict()[key], value, key)
     assert int(session.optimizer_state_dict()["fc.bias"]["step"]) == 4
+
+
+def test_save_killed_between_renames_leaves_the_previous_checkpoint(cnn_artifact, tmp_path, monkeypatch):
+    import optgraph.artifact.artifact as artifact_module
+
+    _, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    session.step(*_batches(1)[0])
+    session.save(tmp_path / "ckpt")
+    expected = _all_state(optgraph.TrainingSession(tmp_path / "ckpt"))
+    session.step(*_batches(1)[0])
+    real_rename, calls = artifact_module.os.rename, []
+
+    def crash_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(artifact_module.os, "rename", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        session.save(tmp_path / "ckpt")
+    monkeypatch.setattr(artifact_module.os, "rename", real_rename)
+    assert not (tmp_path / "ckpt").exists()
+    recovered = _all_state(optgraph.TrainingSession(tmp_path / "ckpt"))
+    for key in expected:
+        np.testing.assert_array_equal(recovered[key], expected[key], err_msg=key)
+
+
+def test_process_killed_while_saving_leaves_a_loadable_checkpoint(cnn_artifact, tmp_path):
+    import signal
+    import time
+
+    _, artifact = cnn_artifact
+    artifact.save(tmp_path / "ckpt")
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, optgraph
+        session = optgraph.TrainingSession({str(tmp_path / "ckpt")!r})
+        x = np.zeros((4, 1, 8, 8), np.float32); y = np.zeros(4, np.int64)
+        print("ready", flush=True)
+        while True:
+            session.step(x, y)
+            session.save({str(tmp_path / "ckpt")!r})
+        """
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.4)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        resumed = optgraph.TrainingSession(tmp_path / "ckpt", providers=CPU)  # loads, whatever the moment
+        assert np.isfinite(resumed.step(*_batches(1)[0]))
+
+
+def test_state_dicts_are_snapshots_not_views(cnn_artifact):
+    _, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    batches = _batches(3)
+    session.step(*batches[0])
+    before = _all_state(session)
+    kept = {k: v.copy() for k, v in before.items()}
+    session.step(*batches[1])
+    session.step(*batches[2])
+    del session
+    for key in kept:
+        np.testing.assert_array_equal(before[key], kept[key], err_msg=key)

@@ -50,6 +50,7 @@ class Artifact:
     def load(cls, directory: str | os.PathLike) -> Artifact:
         """Read and check an artifact directory."""
         root = Path(directory)
+        _recover_interrupted_save(root)
         if not root.is_dir():
             raise ArtifactError(f"{root}: not an artifact directory (it does not exist or is not a directory)")
         manifest = Manifest.from_json(_read(root, MANIFEST_FILE).decode("utf-8", errors="replace"))
@@ -131,8 +132,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _recover_interrupted_save(target: Path) -> None:
+    """Put back the previous directory if a save was killed between its two renames."""
+    if target.exists():
+        return
+    previous = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if previous and (previous[-1] / MANIFEST_FILE).is_file():
+        os.rename(previous[-1], target)
+
+
 def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing ``target`` is swapped out, then removed."""
+    """Move ``staging`` to ``target``; an existing ``target`` is swapped out, then removed.
+
+    A crash between the two renames leaves the previous directory as
+    ``.<name>.old-*``; :func:`_recover_interrupted_save` puts it back on load.
+    """
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

@@ -69,3 +69,10 @@ def clone(model: nn.Module) -> nn.Module:
 def assert_close(actual, expected, what: str, rtol: float = 1e-4, atol: float = 1e-5) -> None:
     expected = expected.detach().cpu().numpy() if isinstance(expected, torch.Tensor) else np.asarray(expected)
     np.testing.assert_allclose(np.asarray(actual), expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def assert_state_matches(session, reference: nn.Module, when: str) -> None:
+    """Every parameter and buffer of ``session`` equals the torch model's (tied names included)."""
+    state = session.state_dict()
+    for key, value in reference.state_dict().items():
+        assert_close(state[key], value, f"{key} {when}")

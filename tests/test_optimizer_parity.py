@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import assert_close, clone, loss_fn, make_batch, make_model
+from models import assert_close, assert_state_matches, clone, loss_fn, make_batch, make_model
 from torch import nn
 
 import optgraph
@@ -86,9 +86,7 @@ def run_parity(kind, loss, name, kwargs, steps=STEPS, schedule=None, scheduler_e
         theirs.backward()
         torch_opt.step()
         assert_close(ours, theirs, f"loss at step {step}")
-        state = session.state_dict()
-        for key, value in reference.state_dict().items():
-            assert_close(state[key], value, f"{key} after step {step}")
+        assert_state_matches(session, reference, f"after step {step}")
         ours_opt = session.optimizer_state_dict()
         for i, slots in torch_opt.state_dict()["state"].items():
             for slot, value in slots.items():
@@ -154,9 +152,7 @@ def test_accumulation_clipping_and_param_groups_match_torch(kind):
             torch_opt.step()
             torch_opt.zero_grad()
         assert_close(loss, expected, f"loss of call {call}")
-        state = session.state_dict()
-        for key, value in reference.state_dict().items():
-            assert_close(state[key], value, f"{key} after call {call}")
+        assert_state_matches(session, reference, f"after call {call}")
         ours = session.optimizer_state_dict()
         for i, slots in torch_opt.state_dict()["state"].items():
             for slot, value in slots.items():

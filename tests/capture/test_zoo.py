@@ -9,7 +9,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
-from models import assert_close
+from models import assert_close, assert_state_matches
 from zoo import LOSSES, MODELS, Case
 
 import optgraph
@@ -62,6 +62,4 @@ def test_zoo_matches_torch(name):
         theirs.backward()
         torch_opt.step()
         assert_close(ours, theirs, f"loss at step {step}")
-        state = trainer.state_dict()
-        for key, value in reference.state_dict().items():
-            assert_close(state[key], value, f"{key} after step {step}")
+        assert_state_matches(trainer, reference, f"after step {step}")

@@ -141,7 +141,8 @@ def check_batch(specs: Sequence[TensorSpec], values: Sequence, what: str) -> dic
                         f"{spec.role} {spec.name!r}: dimension {dim!r} is {size}, "
                         f"but {seen[0]} in {seen[1]!r}; they must agree"
                     )
-        arrays[spec.name] = np.ascontiguousarray(array)
+        # ascontiguousarray would turn a 0-d array into shape (1,)
+        arrays[spec.name] = array if array.flags.c_contiguous else np.ascontiguousarray(array)
     return arrays
 
 

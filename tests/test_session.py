@@ -74,6 +74,34 @@ def test_saved_session_resumes_bit_identically(cnn_artifact, tmp_path):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
+def test_plateau_schedule_resumes_and_keeps_its_state_shapes(tmp_path):
+    model = make_model("mlp")
+    x, y = make_batch("mlp", 4, torch.Generator().manual_seed(0))
+    schedule = lr_scheduler.ReduceLROnPlateau(patience=0, factor=0.5)
+    artifact = optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.SGD(lr=0.1), lr_scheduler=schedule
+    )
+    batches = _batches(8, "mlp")
+
+    def train(session, batches):
+        for batch in batches:
+            session.scheduler_step(session.step(*batch))  # a 0-d metric must not widen the scalar state to [1]
+
+    straight = optgraph.TrainingSession(artifact, providers=CPU)
+    train(straight, batches)
+    first = optgraph.TrainingSession(artifact, providers=CPU)
+    train(first, batches[:4])
+    first.save(tmp_path / "ckpt")
+    resumed = optgraph.TrainingSession(tmp_path / "ckpt", providers=CPU)
+    train(resumed, batches[4:])
+    assert resumed.lr == straight.lr < 0.1
+    for spec in artifact.manifest.graphs["scheduler_step"].inputs:
+        if spec.is_state:
+            assert list(resumed._store.values[spec.name].shape()) == spec.shape, spec.name
+    for key, value in _all_state(straight).items():
+        np.testing.assert_array_equal(_all_state(resumed)[key], value, err_msg=key)
+
+
 def _step_then_schedule(session, batch):
     loss = session.step(*batch)
     session.scheduler_step()

@@ -84,6 +84,7 @@ def build_artifact(
     from optgraph.rewrite.clip import ClipGradNorm
     from optgraph.rewrite.scheduler_graph import build_scheduler_step
     from optgraph.rewrite.skip_non_finite import SkipNonFinite
+    from optgraph.rewrite.versions import declare_lowest_versions
 
     _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
     optimizer = optim.Adam() if optimizer is None else optimizer
@@ -133,7 +134,7 @@ def build_artifact(
         "producer": _producer(),
     }
     manifest = Manifest(graphs, extra)
-    serialized = {name: ir.to_proto(m).SerializeToString() for name, m in models.items()}
+    serialized = {name: ir.to_proto(declare_lowest_versions(m)).SerializeToString() for name, m in models.items()}
     return Artifact(manifest, serialized, state)
 
 

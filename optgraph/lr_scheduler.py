@@ -145,7 +145,7 @@ class ExponentialLR(LRScheduler):
 def _emit_cosine(b, base_lr: float, eta_min: float, position, period):
     """``eta_min + (base_lr - eta_min) * (1 + cos(pi * position / period)) / 2`` in graph nodes."""
     angle = b.op("Mul", b.double(math.pi), b.op("Div", position, period))
-    half = b.op("Mul", b.op("Add", b.double(1.0), b.op("Cos", angle)), b.double(0.5))
+    half = b.op("Mul", b.op("Add", b.double(1.0), b.cos(angle)), b.double(0.5))
     return b.op("Add", b.double(eta_min), b.op("Mul", b.double(base_lr - eta_min), half))
 
 
@@ -548,7 +548,7 @@ class OneCycleLR(LRScheduler):
         for end_step, start, end in phases:
             pct = b.op("Div", b.op("Sub", step, b.double(start_step)), b.double(end_step - start_step))
             if self.anneal_strategy == "cos":
-                wave = b.op("Add", b.op("Cos", b.op("Mul", b.double(math.pi), pct)), b.double(1.0))
+                wave = b.op("Add", b.cos(b.op("Mul", b.double(math.pi), pct)), b.double(1.0))
                 value = b.op(
                     "Add", b.double(anchors[end]), b.op("Mul", b.double((anchors[start] - anchors[end]) / 2.0), wave)
                 )

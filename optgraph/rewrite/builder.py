@@ -109,6 +109,27 @@ class GraphBuilder:
         """A float64 constant (scalar arithmetic is done in float64, like torch's Python floats)."""
         return self.const(value, DOUBLE)
 
+    def cos(self, x: ir.Value) -> ir.Value:
+        """``cos(x)``; in float64 it is built from arithmetic alone.
+
+        onnxruntime before 1.20 has no float64 Cos kernel, and a float32 Cos
+        would put 1e-7 errors into schedules that torch computes in float64.
+        So: reduce to ``r`` in [-pi, pi], use ``cos(r) = -sin(|r| - pi/2)``,
+        and sum sin's Taylor series to z**23, which is exact to float64
+        rounding on [-pi/2, pi/2] (the next term is below 2e-20).
+        """
+        if x.dtype != DOUBLE:
+            return self.op("Cos", x)
+        turns = self.op("Floor", self.op("Add", self.op("Mul", x, self.double(0.5 / np.pi)), self.double(0.5)))
+        r = self.op("Sub", x, self.op("Mul", turns, self.double(2 * np.pi)))
+        z = self.op("Sub", self.op("Abs", r), self.double(np.pi / 2))
+        z2 = self.op("Mul", z, z)
+        series = self.double(1.0)  # Horner: sin(z) = z (1 - z2/(2*3) (1 - z2/(4*5) (1 - ...)))
+        for k in range(11, 0, -1):
+            term = self.op("Mul", z2, self.op("Mul", series, self.double(1.0 / ((2 * k) * (2 * k + 1)))))
+            series = self.op("Sub", self.double(1.0), term)
+        return self.op("Neg", self.op("Mul", z, series))
+
     def add_input(self, name: str, dtype: ir.DataType, shape: Sequence[int | str]) -> ir.Value:
         """Append a graph input."""
         if name in self._taken:

@@ -1,0 +1,168 @@
+// Train an optgraph artifact from JavaScript with any onnxruntime binding
+// (onnxruntime-node, onnxruntime-web): no Python, no PyTorch.
+//
+// Everything needed is in the artifact directory: manifest.json says, for
+// every graph, which inputs are data and which are state, and which output
+// feeds which state input on the next call; checkpoint.safetensors holds the
+// state tensors under the same names. See docs/artifact-format.md.
+
+export const FORMAT = "optgraph-artifact";
+export const VERSION = 1;
+
+// safetensors dtype -> [onnxruntime tensor type, typed array]
+const DTYPES = {
+  F64: ["float64", Float64Array],
+  F32: ["float32", Float32Array],
+  F16: ["float16", Uint16Array],
+  I64: ["int64", BigInt64Array],
+  I32: ["int32", Int32Array],
+  I16: ["int16", Int16Array],
+  I8: ["int8", Int8Array],
+  U8: ["uint8", Uint8Array],
+  BOOL: ["bool", Uint8Array],
+};
+const SAFETENSORS_DTYPE = Object.fromEntries(Object.entries(DTYPES).map(([key, [type]]) => [type, key]));
+const TYPED_ARRAY = Object.fromEntries(Object.values(DTYPES).map(([type, array]) => [type, array]));
+
+/** Parse safetensors bytes into {name: {type, dims, data}}; each data is a fresh, aligned typed array. */
+export function readSafetensors(bytes, file = "safetensors file") {
+  if (bytes.byteLength < 8) throw new Error(`${file}: too short to be a safetensors file`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLength = Number(view.getBigUint64(0, true));
+  const dataStart = 8 + headerLength;
+  if (dataStart > bytes.byteLength) throw new Error(`${file}: header runs past the end of the file`);
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, dataStart)));
+  const tensors = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const kind = DTYPES[info.dtype];
+    if (!kind) throw new Error(`${file}: tensor '${name}' has unsupported dtype ${info.dtype}`);
+    const [begin, end] = info.data_offsets;
+    if (dataStart + end > bytes.byteLength) throw new Error(`${file}: tensor '${name}' runs past the end of the file`);
+    const raw = new Uint8Array(bytes.subarray(dataStart + begin, dataStart + end)); // a copy, so it is aligned
+    tensors[name] = { type: kind[0], dims: info.shape, data: new kind[1](raw.buffer, 0, (end - begin) / kind[1].BYTES_PER_ELEMENT) };
+  }
+  return tensors;
+}
+
+/** Serialize {name: {type, dims, data}} (onnxruntime tensors work) as safetensors bytes. */
+export function writeSafetensors(tensors) {
+  const header = {};
+  let offset = 0;
+  const names = Object.keys(tensors).sort();
+  for (const name of names) {
+    const { type, dims, data } = tensors[name];
+    header[name] = { dtype: SAFETENSORS_DTYPE[type], shape: Array.from(dims), data_offsets: [offset, offset + data.byteLength] };
+    offset += data.byteLength;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - ((8 + json.length) % 8)) % 8); // the data starts 8-byte aligned
+  const headerBytes = new TextEncoder().encode(json);
+  const bytes = new Uint8Array(8 + headerBytes.length + offset);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  bytes.set(headerBytes, 8);
+  let at = 8 + headerBytes.length;
+  for (const name of names) {
+    const data = tensors[name].data;
+    bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), at);
+    at += data.byteLength;
+  }
+  return bytes;
+}
+
+/** Rows [start, end) of a {type, dims, data} tensor along dim 0, as an onnxruntime tensor (no copy). */
+export function sliceRows(ort, tensor, start, end) {
+  const row = tensor.dims.slice(1).reduce((a, b) => a * b, 1);
+  return new ort.Tensor(tensor.type, tensor.data.subarray(start * row, end * row), [end - start, ...tensor.dims.slice(1)]);
+}
+
+const isData = (spec) => spec.role === "input" || spec.role === "target";
+
+/** One artifact being trained: the state lives in onnxruntime tensors and is fed from step to step. */
+export class TrainingSession {
+  /**
+   * @param ort the onnxruntime module (onnxruntime-node or onnxruntime-web)
+   * @param artifact {manifest: parsed manifest.json, graphs: {name: Uint8Array}, checkpoint: Uint8Array}
+   * @param options onnxruntime session options for every graph
+   */
+  static async create(ort, { manifest, graphs, checkpoint }, options = {}) {
+    if (manifest.format !== FORMAT || manifest.version !== VERSION) {
+      throw new Error(`manifest.json: expected format ${FORMAT} version ${VERSION}, got ${manifest.format} version ${manifest.version}`);
+    }
+    const state = new Map();
+    for (const [name, t] of Object.entries(readSafetensors(checkpoint, "checkpoint.safetensors"))) {
+      state.set(name, new ort.Tensor(t.type, t.data, t.dims));
+    }
+    const sessions = {};
+    for (const [name, spec] of Object.entries(manifest.graphs)) {
+      if (!graphs[name]) throw new Error(`${spec.file}: missing`);
+      sessions[name] = await ort.InferenceSession.create(graphs[name], options);
+      for (const input of spec.inputs) {
+        if (!isData(input) && !state.has(input.name)) throw new Error(`checkpoint.safetensors: no tensor '${input.name}' for ${spec.file}`);
+      }
+    }
+    return new TrainingSession(ort, manifest, sessions, state);
+  }
+
+  constructor(ort, manifest, sessions, state) {
+    this.ort = ort;
+    this.manifest = manifest;
+    this.sessions = sessions;
+    this.state = state;
+  }
+
+  /** The data inputs then targets of train_step, in the order step() takes them. */
+  get dataNames() {
+    return [...this.manifest.data_inputs, ...this.manifest.targets];
+  }
+
+  async #run(graph, data) {
+    const spec = this.manifest.graphs[graph];
+    const feeds = {};
+    for (const input of spec.inputs) {
+      feeds[input.name] = isData(input) ? data[input.name] : this.state.get(input.name);
+      if (feeds[input.name] === undefined) throw new Error(`${graph}: no value given for ${input.role} '${input.name}'`);
+    }
+    const results = await this.sessions[graph].run(feeds);
+    for (const output of spec.outputs) {
+      if (output.feeds) this.state.set(output.feeds, results[output.name]);
+    }
+    return results;
+  }
+
+  /** One optimizer step on a batch {name: ort.Tensor}; returns the loss. Throws if the step was skipped. */
+  async step(batch) {
+    const results = await this.#run("train_step", batch);
+    const loss = Number(results.loss.data[0]);
+    if (results.update_applied && !results.update_applied.data[0]) {
+      throw new Error(`step skipped: the loss (${loss}) or a gradient is not finite; the state is unchanged`);
+    }
+    return loss;
+  }
+
+  /** Advance the learning-rate schedule by one epoch; ReduceLROnPlateau needs the metric. */
+  async schedulerStep(metric) {
+    const metricSpec = this.manifest.graphs.scheduler_step.inputs.find(isData);
+    const data = {};
+    if (metricSpec) {
+      if (metric === undefined) throw new Error("schedulerStep() needs the metric for this schedule");
+      data[metricSpec.name] = new this.ort.Tensor(metricSpec.dtype, TYPED_ARRAY[metricSpec.dtype].from([metric]), []);
+    }
+    await this.#run("scheduler_step", data);
+  }
+
+  /** The current learning rate of every parameter group. */
+  get lr() {
+    return Array.from(this.state.get("schedule.lr").data);
+  }
+
+  /** The model's outputs {name: ort.Tensor} in eval mode. */
+  async eval(inputs) {
+    return this.#run("eval", inputs);
+  }
+
+  /** The whole state as safetensors bytes: write it as checkpoint.safetensors next to the graphs and manifest. */
+  checkpoint() {
+    return writeSafetensors(Object.fromEntries(this.state));
+  }
+}

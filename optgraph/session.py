@@ -8,11 +8,13 @@ so a step moves only the batch in and the scalar loss out.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from optgraph.artifact import Artifact, GraphSpec, TensorSpec
@@ -25,10 +27,24 @@ STEP_COUNTER = "counter.step"
 SCHEDULE_LR = "schedule.lr"
 
 
+@functools.lru_cache(maxsize=1)
 def default_providers() -> list[str]:
-    """CUDA when onnxruntime-gpu offers it, then CPU."""
-    available = ort.get_available_providers()
-    return [p for p in (CUDA, CPU) if p in available]
+    """CUDA then CPU when onnxruntime-gpu is installed and a GPU answers; else CPU."""
+    if CUDA in ort.get_available_providers() and _cuda_works():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def _cuda_works() -> bool:
+    # onnxruntime-gpu lists CUDA even with no GPU or no CUDA libraries; a one-node session tells.
+    x, y = (onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1]) for name in "xy")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 14)], ir_version=7)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, CPU])
+    except Exception:  # noqa: BLE001 - any failure means no usable GPU
+        return False
+    return session.get_providers()[0] == CUDA
 
 
 class _StateStore:

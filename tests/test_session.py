@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -200,6 +201,22 @@ def test_eval_and_export_inference_match_torch_eval(cnn_artifact, tmp_path):
     assert inference.run(None, {"image": x13})[0].shape == (13, 10)
 
 
+def test_export_inference_moves_large_weights_to_external_data(cnn_artifact, tmp_path, monkeypatch):
+    # the real threshold is protobuf's 2 GB; shrink it rather than train a 2 GB model
+    monkeypatch.setattr("optgraph.inference._PROTOBUF_LIMIT", 1000)
+    monkeypatch.setattr("optgraph.inference._INLINE_BYTES", 0)
+    _, artifact = cnn_artifact
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    x = _batches(1, seed=9)[0][0]
+    path = session.export_inference(tmp_path / "model.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    weights = onnx.load(str(path), load_external_data=False).graph.initializer
+    stored = {t.name: t.data_location for t in weights}
+    assert stored and all(stored[name] == onnx.TensorProto.EXTERNAL for name in session.state_dict() if name in stored)
+    inference = ort.InferenceSession(str(path), providers=CPU)
+    np.testing.assert_array_equal(inference.run(None, {"image": x})[0], session.eval(x))
+
+
 def test_optimizer_state_is_empty_before_the_first_step(cnn_artifact):
     _, artifact = cnn_artifact
     session = optgraph.TrainingSession(artifact, providers=CPU)
@@ -266,7 +283,26 @@ CORRUPTIONS = {
     "external-data": (lambda d: _point_outside(d / "eval.onnx"), r"eval.onnx: tensor .* points to external data '../secret.bin'"),
     "graph-not-onnx": (lambda d: (d / "scheduler_step.onnx").write_bytes(b"not a model"), r"scheduler_step.onnx: not a readable ONNX model"),
     "shape-mismatch": (lambda d: _edit_param_shape(d), r"tensor 'fc.bias' is float32\[10\], manifest.json expects float32\[11\]"),
+    "missing-checkpoint": (lambda d: (d / "checkpoint.safetensors").unlink(), r"checkpoint.safetensors: missing"),
+    "missing-manifest": (lambda d: (d / "manifest.json").unlink(), r"manifest.json: missing"),
+    "missing-state-tensor": (lambda d: _edit_checkpoint(d, lambda t: t.pop("optim.exp_avg.fc.bias")), r"missing state tensor 'optim.exp_avg.fc.bias'"),
+    "dtype-mismatch": (lambda d: _edit_checkpoint(d, lambda t: t.update({"counter.step": t["counter.step"].astype(np.int32)})), r"tensor 'counter.step' is int32\[\], manifest.json expects int64\[\]"),
+    "garbled-checkpoint": (lambda d: _garble(d / "checkpoint.safetensors"), r"checkpoint.safetensors: not a readable safetensors file"),
 }  # fmt: skip
+
+
+def _edit_checkpoint(d, edit):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(d / "checkpoint.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(d / "checkpoint.safetensors"))
+
+
+def _garble(path):
+    data = bytearray(path.read_bytes())
+    data[20:40] = b"x" * 20
+    path.write_bytes(bytes(data))
 
 
 def _edit_manifest(d, **changes):

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 
 def _digits(seed: int):
@@ -60,6 +61,8 @@ def run(out: str | Path = "optgraph-demo", epochs: int = 12, batch_size: int = 3
         lr_scheduler=lr_scheduler.StepLR(step_size=5, gamma=0.3),
     )
     artifact.save(out / "artifact")
+    names = artifact.manifest.extra["data_inputs"] + artifact.manifest.extra["targets"]
+    save_file(dict(zip(names, (x_train, y_train))), str(out / "digits-train.safetensors"))  # for examples/
     compiled = time.perf_counter()
     print(f"compiled in {compiled - started:.1f} s -> {out / 'artifact'}")
 
@@ -80,5 +83,6 @@ def run(out: str | Path = "optgraph-demo", epochs: int = 12, batch_size: int = 3
     session.export_inference(out / "model.onnx")
     print(f"trained {epochs} epochs in {trained - compiled:.1f} s (total {trained - started:.1f} s)")
     print(f"checkpoint -> {out / 'checkpoint'}, inference model -> {out / 'model.onnx'}")
+    print(f"training data for examples/node and examples/web -> {out / 'digits-train.safetensors'}")
     print(f"held-out accuracy: {accuracy:.2%}")
     return accuracy

@@ -84,7 +84,9 @@ def main() -> int:
     args = parser.parse_args()
     readings = measure(args.steps, args.batch_size)
     growth = readings[-1][1] - readings[0][1]
-    print(f"RSS before {readings[0][1]:.1f} MiB, after {args.steps} steps {readings[-1][1]:.1f} MiB: growth {growth:+.1f} MiB")
+    print(
+        f"RSS before {readings[0][1]:.1f} MiB, after {args.steps} steps {readings[-1][1]:.1f} MiB: growth {growth:+.1f} MiB"
+    )
     return 0 if growth <= args.max_growth_mb else 1
 
 

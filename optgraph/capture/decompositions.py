@@ -210,6 +210,19 @@ def adaptive_avg_pool_backward(grad_out, x):
 _FOR_ONNX = [aten._adaptive_avg_pool2d.default, aten.max_pool2d_with_indices_backward.default]
 
 
+def max_pool3d_backward(grad_out, x, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    """``aten.max_pool3d_with_indices_backward``, which torch does not decompose (2-D it does, the same way).
+
+    The indices number positions within each (n, c) volume, so the gradient
+    is a scatter-add of ``grad_out`` into the flattened volumes (overlapping
+    windows that pick the same input add up, as in torch).
+    """
+    lead = x.shape[:-3]
+    volume = x.shape[-3] * x.shape[-2] * x.shape[-1]
+    flat = x.new_zeros((*lead, volume)).scatter_add(-1, indices.reshape(*lead, -1), grad_out.reshape(*lead, -1))
+    return flat.reshape(x.shape)
+
+
 def squeeze_dims(x, dims):
     """aten.squeeze.dims as a reshape (torch's own decomposition emits prims)."""
     dims = {d % max(x.dim(), 1) for d in dims}
@@ -270,6 +283,7 @@ def train_decompositions() -> dict:
     table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool_backward
     table[aten._adaptive_avg_pool3d_backward.default] = adaptive_avg_pool_backward
     table[aten.threshold_backward.default] = threshold_backward
+    table[aten.max_pool3d_with_indices_backward.default] = max_pool3d_backward
     table[aten.avg_pool2d.default] = avg_pool_with_divisor
     table[aten.avg_pool3d.default] = avg_pool_with_divisor
     return table

@@ -67,6 +67,18 @@ class Residual(nn.Module):
         return self.fc(torch.flatten(self.up(torch.cat([r, h], dim=1)), 1))
 
 
+class PoolUnbatched(nn.Module):
+    """max_pool2d on a 3-D tensor: torch reads it as one unbatched (C, H, W) image, C being the batch here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(6, 6)
+        self.fc = nn.Linear(9, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.max_pool2d(self.mix(x), 2), 1))
+
+
 class Interpolate(nn.Module):
     def __init__(self, mode: str, align_corners: bool | None = None, scale: float = 2.0) -> None:
         super().__init__()
@@ -328,6 +340,18 @@ MODELS = {
         classes(5),
         nn.CrossEntropyLoss(),
     ),  # fmt: skip
+    "maxpool3d-dilated-overlapping": Case(
+        head(
+            lambda: nn.Sequential(
+                nn.Conv3d(2, 3, 1), nn.MaxPool3d((2, 3, 3), stride=(1, 2, 1), padding=(0, 1, 1), dilation=(1, 2, 1))
+            ),
+            3 * 3 * 3 * 5,
+        ),
+        randn(2, 4, 7, 5),
+        classes(5),
+        nn.CrossEntropyLoss(),
+    ),  # fmt: skip
+    "maxpool2d-unbatched": Case(lambda: PoolUnbatched(), randn(6, 6), classes(5), nn.CrossEntropyLoss()),
     "maxpool1d": Case(
         head(lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.MaxPool1d(2)), 4 * 4),
         randn(2, 10),

@@ -1,9 +1,12 @@
 """Pass: apply a step only when the loss and every gradient are finite.
 
-Every state output (``<name>.next``) becomes ``Where(finite, next, current)``
-and the bool output ``update_applied`` says which happened, so a NaN or
-infinite batch leaves parameters, buffers, optimizer state and counters
-bit-identical and the session reports it. torch would apply the NaN update;
+The nodes that compute the next state and nothing else (the optimizer
+update, running statistics, counters) move into the ``then`` branch of an
+``If(finite)``; the ``else`` branch passes the current state through. So a
+NaN or infinite batch leaves parameters, buffers, optimizer state and
+counters bit-identical, the bool output ``update_applied`` says which
+happened, and a finite step pays nothing for the guard (a ``Where`` per
+state tensor cost a fifth of an MLP step). torch would apply the NaN update;
 this is optgraph's one deliberate difference.
 """
 
@@ -39,15 +42,67 @@ class SkipNonFinite(ir.passes.InPlacePass):
             for probe in probes:
                 total = b.op("Add", total, probe)
             finite = b.op("Not", b.op("IsNaN", total))
-            for index, value in enumerate(list(graph.outputs)):
-                current = inputs.get(value.name[: -len(NEXT)]) if value.name.endswith(NEXT) else None
-                if current is None:
-                    continue
-                name = value.name
-                value.name = f"{name}.unguarded"
-                guarded = b.op("Where", finite, value, current)
-                guarded.name = name
-                graph.outputs[index] = guarded
+            _branch_on(graph, b, finite, inputs)
         applied = b.add_output(finite, UPDATE_APPLIED)
         applied.dtype, applied.shape = BOOL, ir.Shape([])
         return ir.passes.PassResult(model, modified=True)
+
+
+def _branch_on(graph: ir.Graph, b: GraphBuilder, finite: ir.Value, inputs: dict[str, ir.Value]) -> None:
+    """Compute every state output inside ``If(finite)``; the else branch keeps the current state."""
+    guarded = [
+        (index, value, inputs[value.name[: -len(NEXT)]])
+        for index, value in enumerate(graph.outputs)
+        if value.name.endswith(NEXT) and value.name[: -len(NEXT)] in inputs
+    ]
+    state_outputs = {id(value) for _, value, _ in guarded}
+    needed_anyway = _ancestors([v for v in graph.outputs if id(v) not in state_outputs] + [finite])
+    update = _ancestors([value for _, value, _ in guarded]) - needed_anyway
+    changed = True
+    while changed:  # a node whose value is also read outside the branch stays outside
+        changed = False
+        for node in graph:
+            if id(node) in update and any(id(user) not in update for v in node.outputs for user, _ in v.uses()):
+                update.discard(id(node))
+                changed = True
+    moved = [node for node in graph if id(node) in update]
+    for node in moved:
+        graph.remove(node)
+    kept_outputs = list(graph.outputs)
+    graph.outputs.clear()  # a value may be the output of one graph only: the branch takes them
+
+    def identity(value: ir.Value, stem: str) -> ir.Value:
+        out = ir.node("Identity", [value]).outputs[0]
+        out.name = b._fresh(stem)  # names are unique across the branches too (ONNX SSA)
+        return out
+
+    then_outputs, else_outputs = [], []
+    for _, value, current in guarded:
+        produced_inside = value.producer() is not None and id(value.producer()) in update
+        then_outputs.append(value if produced_inside else identity(value, f"apply_update/{current.name}"))
+        else_outputs.append(identity(current, f"keep_state/{current.name}"))
+    extra = [v.producer() for v in then_outputs if v.producer() is not None and id(v.producer()) not in update]
+    then_branch = ir.Graph([], then_outputs, nodes=moved + extra, name="apply_update")
+    else_branch = ir.Graph([], else_outputs, nodes=[v.producer() for v in else_outputs], name="keep_state")
+    node = ir.node("If", [finite], {"then_branch": then_branch, "else_branch": else_branch}, num_outputs=len(guarded))
+    node.name = "skip_non_finite/If"
+    graph.append(node)
+    for (index, value, _), out in zip(guarded, node.outputs):
+        name = value.name
+        value.name = f"{name}.unguarded"
+        out.name, out.dtype, out.shape = name, value.dtype, value.shape
+        kept_outputs[index] = out
+    graph.outputs.extend(kept_outputs)
+
+
+def _ancestors(values) -> set[int]:
+    """ids of every node that ``values`` depend on (in this graph)."""
+    seen: set[int] = set()
+    stack = [v.producer() for v in values if v.producer() is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+    return seen

@@ -38,23 +38,21 @@ WARM_UP = 10
 def mlp():
     from torch import nn
 
-    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)), (256,)
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
 def cnn():
     from torch import nn
 
-    return (
-        nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 8 * 8, 10),
-        ),
-        (3, 32, 32),
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 8 * 8, 10),
     )  # fmt: skip
 
 
 MODELS = {"mlp": mlp, "cnn": cnn}
+SAMPLE_SHAPES = {"mlp": (256,), "cnn": (3, 32, 32)}  # one sample's input; batches add dim 0
 
 
 def _batch(shape, batch: int):
@@ -91,7 +89,7 @@ def time_torch(name: str, shape, batch: int, steps: int, threads: int) -> float:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model, _ = MODELS[name]()
+    model = MODELS[name]()
     loss_fn = torch.nn.CrossEntropyLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = (torch.from_numpy(a) for a in _batch(shape, batch))
@@ -153,13 +151,13 @@ def prepare(name: str, batch: int, folder: Path, peer: bool) -> None:
     from optgraph import optim
 
     torch.manual_seed(0)
-    model, shape = MODELS[name]()
-    x, y = (torch.from_numpy(a) for a in _batch(shape, batch))
+    model = MODELS[name]()
+    x, y = (torch.from_numpy(a) for a in _batch(SAMPLE_SHAPES[name], batch))
     artifact = optgraph.compile(model, (x,), (y,), torch.nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=1e-3))
     artifact.save(folder / "optgraph")
     if peer:
         torch.manual_seed(0)
-        model, _ = MODELS[name]()
+        model = MODELS[name]()
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and in-place notes
         torch.onnx.export(
             model, (x,), str(folder / "forward.onnx"), dynamo=False, opset_version=17, do_constant_folding=False,
@@ -181,7 +179,7 @@ def child(args: list[str]) -> None:
         make_peer_artifacts(Path(args[1]))
         return
     side, folder, name, batch, steps, threads = args
-    shape = {"mlp": (256,), "cnn": (3, 32, 32)}[name]
+    shape = SAMPLE_SHAPES[name]
     if side == "optgraph":
         ms = time_optgraph(Path(folder), shape, int(batch), int(steps), int(threads))
     elif side == "torch":

@@ -36,14 +36,16 @@ def rss_mb() -> float:
 
 
 def compile_mlp(batch_size: int):
+    """The benchmark's MLP, with AdamW and a cosine schedule."""
     import torch
+    from benchmark import mlp
     from torch import nn
 
     import optgraph
     from optgraph import lr_scheduler, optim
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    model = mlp()
     x, y = torch.randn(batch_size, 256), torch.randint(0, 10, (batch_size,))
     return optgraph.compile(
         model, (x,), (y,), nn.CrossEntropyLoss(),

@@ -42,17 +42,14 @@ def _max_pool_with_indices(x, dims: int, kernel_size, stride, padding, dilation,
         x, ceil_mode=ceil_mode, dilations=expand(dilation), kernel_shape=kernel, pads=pads, strides=strides
     )
     shape = op.Shape(x)
-    planes = op.ReduceProd(op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[2])), keepdims=1)
+    batch_and_channels = op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+    planes = op.ReduceProd(batch_and_channels, keepdims=0)
     plane_size = op.ReduceProd(
         op.Slice(shape, op.Constant(value_ints=[2]), op.Constant(value_ints=[2 + dims])), keepdims=0
     )
     zero, one = op.Constant(value_int=0), op.Constant(value_int=1)
-    first = op.Mul(op.Range(zero, op.Squeeze(planes, op.Constant(value_ints=[0])), one), plane_size)
-    first_shape = op.Concat(
-        op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[2])),
-        op.Constant(value_ints=[1] * dims),
-        axis=0,
-    )
+    first = op.Mul(op.Range(zero, planes, one), plane_size)
+    first_shape = op.Concat(batch_and_channels, op.Constant(value_ints=[1] * dims), axis=0)
     indices = op.Sub(flat, op.Reshape(first, first_shape))
     if unbatched:
         values = op.Squeeze(values, op.Constant(value_ints=[0]))

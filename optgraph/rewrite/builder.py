@@ -70,7 +70,8 @@ class GraphBuilder:
         finally:
             self._scope.pop()
 
-    def _fresh(self, stem: str) -> str:
+    def fresh_name(self, stem: str) -> str:
+        """A value name not yet used in the graph, under the current scope."""
         prefix = "/".join(self._scope)
         while True:
             self._count += 1
@@ -81,7 +82,7 @@ class GraphBuilder:
 
     def op(self, op_type: str, *inputs: ir.Value | None, num_outputs: int = 1, **attributes):
         """Append one node; returns its output value (or a tuple of them)."""
-        name = self._fresh(op_type)
+        name = self.fresh_name(op_type)
         node = ir.node(op_type, list(inputs), attributes or None, num_outputs=num_outputs, name=name)
         for i, out in enumerate(node.outputs):
             out.name = name if num_outputs == 1 else f"{name}:{i}"
@@ -96,7 +97,7 @@ class GraphBuilder:
         array = np.asarray(value, dtype=dtype.numpy())
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self._constants:
-            name = self._fresh("const")
+            name = self.fresh_name("const")
             node = ir.node("Constant", [], {"value": ir.tensor(array, name=name)}, name=name)
             node.outputs[0].name = name
             node.outputs[0].dtype = dtype

@@ -56,34 +56,35 @@ def _branch_on(graph: ir.Graph, b: GraphBuilder, finite: ir.Value, inputs: dict[
         if value.name.endswith(NEXT) and value.name[: -len(NEXT)] in inputs
     ]
     state_outputs = {id(value) for _, value, _ in guarded}
-    needed_anyway = _ancestors([v for v in graph.outputs if id(v) not in state_outputs] + [finite])
-    update = _ancestors([value for _, value, _ in guarded]) - needed_anyway
-    changed = True
-    while changed:  # a node whose value is also read outside the branch stays outside
-        changed = False
-        for node in graph:
-            if id(node) in update and any(id(user) not in update for v in node.outputs for user, _ in v.uses()):
-                update.discard(id(node))
-                changed = True
+    # A node moves into the branch when everything it feeds is a state output or a moved node.
+    # Walking the (topologically sorted) graph backwards sees every user before its producer.
+    update: set[int] = set()
+    for node in reversed(list(graph)):
+        reads = [(v, user) for v in node.outputs for user, _ in v.uses()]
+        outputs = [v for v in node.outputs if v.is_graph_output()]
+        if (
+            (reads or outputs)
+            and all(id(user) in update for _, user in reads)
+            and all(id(v) in state_outputs for v in outputs)
+        ):
+            update.add(id(node))
     moved = [node for node in graph if id(node) in update]
     for node in moved:
         graph.remove(node)
     kept_outputs = list(graph.outputs)
     graph.outputs.clear()  # a value may be the output of one graph only: the branch takes them
 
-    def identity(value: ir.Value, stem: str) -> ir.Value:
-        out = ir.node("Identity", [value]).outputs[0]
-        out.name = b._fresh(stem)  # names are unique across the branches too (ONNX SSA)
-        return out
+    def identity(value: ir.Value, stem: str) -> ir.Node:
+        node = ir.node("Identity", [value])
+        node.outputs[0].name = b.fresh_name(stem)  # unique across the branches too (ONNX SSA)
+        return node
 
-    then_outputs, else_outputs = [], []
-    for _, value, current in guarded:
-        produced_inside = value.producer() is not None and id(value.producer()) in update
-        then_outputs.append(value if produced_inside else identity(value, f"apply_update/{current.name}"))
-        else_outputs.append(identity(current, f"keep_state/{current.name}"))
-    extra = [v.producer() for v in then_outputs if v.producer() is not None and id(v.producer()) not in update]
-    then_branch = ir.Graph([], then_outputs, nodes=moved + extra, name="apply_update")
-    else_branch = ir.Graph([], else_outputs, nodes=[v.producer() for v in else_outputs], name="keep_state")
+    passed_through = [identity(v, f"apply_update/{c.name}") for _, v, c in guarded if id(v.producer()) not in update]
+    kept = [identity(current, f"keep_state/{current.name}") for _, _, current in guarded]
+    through = iter(passed_through)
+    then_outputs = [v if id(v.producer()) in update else next(through).outputs[0] for _, v, _ in guarded]
+    then_branch = ir.Graph([], then_outputs, nodes=moved + passed_through, name="apply_update")
+    else_branch = ir.Graph([], [n.outputs[0] for n in kept], nodes=kept, name="keep_state")
     node = ir.node("If", [finite], {"then_branch": then_branch, "else_branch": else_branch}, num_outputs=len(guarded))
     node.name = "skip_non_finite/If"
     graph.append(node)
@@ -93,16 +94,3 @@ def _branch_on(graph: ir.Graph, b: GraphBuilder, finite: ir.Value, inputs: dict[
         out.name, out.dtype, out.shape = name, value.dtype, value.shape
         kept_outputs[index] = out
     graph.outputs.extend(kept_outputs)
-
-
-def _ancestors(values) -> set[int]:
-    """ids of every node that ``values`` depend on (in this graph)."""
-    seen: set[int] = set()
-    stack = [v.producer() for v in values if v.producer() is not None]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
-    return seen

@@ -21,3 +21,11 @@ class InputError(OptgraphError, ValueError):
 
 class NonFiniteError(OptgraphError, FloatingPointError):
     """A step produced a non-finite loss or gradient; the update was skipped."""
+
+
+class OverwriteError(OptgraphError, FileExistsError):
+    """A save would replace a directory that is neither empty nor an optgraph artifact; nothing was written."""
+
+
+class RunError(OptgraphError, RuntimeError):
+    """onnxruntime failed while running a graph; the session's state is unchanged."""

@@ -282,13 +282,21 @@ CORRUPTIONS = {
     "manifest-not-json": (lambda d: (d / "manifest.json").write_text("{"), r"manifest.json is not valid JSON"),
     "external-data": (lambda d: _point_outside(d / "eval.onnx"), r"eval.onnx: tensor .* points to external data '../secret.bin'"),
     "graph-not-onnx": (lambda d: (d / "scheduler_step.onnx").write_bytes(b"not a model"), r"scheduler_step.onnx: not a readable ONNX model"),
-    "shape-mismatch": (lambda d: _edit_param_shape(d), r"tensor 'fc.bias' is float32\[10\], manifest.json expects float32\[11\]"),
+    "shape-mismatch": (lambda d: _edit_param_shape(d), r"train_step.onnx: input 'fc.bias' has shape \[10\] in the graph, manifest.json says \[11\]"),
+    "checkpoint-shape": (lambda d: _edit_checkpoint(d, lambda t: t.update({"fc.bias": np.zeros(11, np.float32)})), r"tensor 'fc.bias' is float32\[11\], manifest.json expects float32\[10\]"),
+    "checkpoint-extra": (lambda d: _edit_checkpoint(d, lambda t: t.update({"stray": np.zeros(1, np.float32)})), r"holds tensors manifest.json does not declare: \['stray'\]"),
     "missing-checkpoint": (lambda d: (d / "checkpoint.safetensors").unlink(), r"checkpoint.safetensors: missing"),
     "missing-manifest": (lambda d: (d / "manifest.json").unlink(), r"manifest.json: missing"),
     "missing-state-tensor": (lambda d: _edit_checkpoint(d, lambda t: t.pop("optim.exp_avg.fc.bias")), r"missing state tensor 'optim.exp_avg.fc.bias'"),
     "dtype-mismatch": (lambda d: _edit_checkpoint(d, lambda t: t.update({"counter.step": t["counter.step"].astype(np.int32)})), r"tensor 'counter.step' is int32\[\], manifest.json expects int64\[\]"),
     "garbled-checkpoint": (lambda d: _garble(d / "checkpoint.safetensors"), r"checkpoint.safetensors: not a readable safetensors file"),
 }  # fmt: skip
+
+
+def _drop_digests(d):
+    data = json.loads((d / "manifest.json").read_text())
+    del data["sha256"]
+    (d / "manifest.json").write_text(json.dumps(data))
 
 
 def _edit_checkpoint(d, edit):
@@ -346,6 +354,7 @@ def _truncate(path):
 def test_corrupt_artifact_is_rejected_clearly(cnn_artifact, tmp_path, case):
     _, artifact = cnn_artifact
     directory = artifact.save(tmp_path / "art")
+    _drop_digests(directory)  # these cases test the structural checks, which stand without the sha256 digests
     corrupt, message = CORRUPTIONS[case]
     corrupt(directory)
     with pytest.raises(ArtifactError, match=message):
@@ -408,61 +417,6 @@ def test_non_finite_batch_is_skipped_bit_identically_and_reported(cnn_artifact):
     for key, value in reference.state_dict().items():
         assert_close(session.state_dict()[key], value, key)
     assert int(session.optimizer_state_dict()["fc.bias"]["step"]) == 4
-
-
-def test_save_killed_between_renames_leaves_the_previous_checkpoint(cnn_artifact, tmp_path, monkeypatch):
-    import optgraph.artifact.artifact as artifact_module
-
-    _, artifact = cnn_artifact
-    session = optgraph.TrainingSession(artifact, providers=CPU)
-    session.step(*_batches(1)[0])
-    session.save(tmp_path / "ckpt")
-    expected = _all_state(optgraph.TrainingSession(tmp_path / "ckpt"))
-    session.step(*_batches(1)[0])
-    real_rename, calls = artifact_module.os.rename, []
-
-    def crash_on_second(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(artifact_module.os, "rename", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        session.save(tmp_path / "ckpt")
-    monkeypatch.setattr(artifact_module.os, "rename", real_rename)
-    assert not (tmp_path / "ckpt").exists()
-    recovered = _all_state(optgraph.TrainingSession(tmp_path / "ckpt"))
-    for key in expected:
-        np.testing.assert_array_equal(recovered[key], expected[key], err_msg=key)
-
-
-def test_process_killed_while_saving_leaves_a_loadable_checkpoint(cnn_artifact, tmp_path):
-    import signal
-    import time
-
-    _, artifact = cnn_artifact
-    artifact.save(tmp_path / "ckpt")
-    script = textwrap.dedent(
-        f"""
-        import numpy as np, optgraph
-        session = optgraph.TrainingSession({str(tmp_path / "ckpt")!r})
-        x = np.zeros((4, 1, 8, 8), np.float32); y = np.zeros(4, np.int64)
-        print("ready", flush=True)
-        while True:
-            session.step(x, y)
-            session.save({str(tmp_path / "ckpt")!r})
-        """
-    )
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(float(rng.uniform(0.05, 0.4)))
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        resumed = optgraph.TrainingSession(tmp_path / "ckpt", providers=CPU)  # loads, whatever the moment
-        assert np.isfinite(resumed.step(*_batches(1)[0]))
 
 
 def test_state_dicts_are_snapshots_not_views(cnn_artifact):

@@ -18,6 +18,13 @@ from optgraph.errors import ArtifactError
 FORMAT_NAME = "optgraph-artifact"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("train_step", "scheduler_step", "eval")
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+SHA256_KEY = "sha256"  # top-level manifest key: {file name: hex digest} of the graphs and the checkpoint
+STEP_COUNTER = "counter.step"
+SCHEDULE_LR = "schedule.lr"
+LOSS = "loss"
+UPDATE_APPLIED = "update_applied"
 ROLES = frozenset(
     {
         "input",
@@ -67,22 +74,38 @@ class TensorSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> TensorSpec:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"manifest.json: {where} must be an object, got {type(data).__name__}")
         try:
             name, role, dtype, shape = data["name"], data["role"], data["dtype"], data["shape"]
-        except (KeyError, TypeError) as e:
+        except KeyError as e:
             raise ArtifactError(f"manifest.json: {where} lacks {e}; expected name, role, dtype and shape") from None
-        if role not in ROLES:
+        if not isinstance(name, str) or not name:
+            raise ArtifactError(f"manifest.json: {where} has an invalid name {name!r}; expected a non-empty string")
+        if not isinstance(role, str) or role not in ROLES:
             raise ArtifactError(f"manifest.json: {where} ({name!r}) has unknown role {role!r}")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ArtifactError(f"manifest.json: {where} ({name!r}) has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, (int, str)) for d in shape):
-            raise ArtifactError(f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}")
+        if not isinstance(shape, list) or not all(_is_dim(d) for d in shape):
+            raise ArtifactError(
+                f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}; "
+                "expected a list of non-negative ints and symbol names"
+            )
+        feeds = data.get("feeds")
+        if feeds is not None and not isinstance(feeds, str):
+            raise ArtifactError(f"manifest.json: {where} ({name!r}) has an invalid 'feeds' {feeds!r}")
         meta = {k: v for k, v in data.items() if k not in ("name", "role", "dtype", "shape", "feeds")}
-        return cls(name, role, dtype, list(shape), data.get("feeds"), meta)
+        return cls(name, role, dtype, list(shape), feeds, meta)
 
     @property
     def is_state(self) -> bool:
         return self.role in STATE_ROLES
+
+
+def _is_dim(d: Any) -> bool:
+    if isinstance(d, str):
+        return bool(d)
+    return isinstance(d, int) and not isinstance(d, bool) and d >= 0
 
 
 @dataclass
@@ -104,16 +127,31 @@ class GraphSpec:
     def from_json(cls, data: dict[str, Any], graph: str) -> GraphSpec:
         if not isinstance(data, dict) or not isinstance(data.get("file"), str):
             raise ArtifactError(f"manifest.json: graphs.{graph} must be an object with a 'file' string")
-        inputs = [TensorSpec.from_json(t, f"graphs.{graph}.inputs[{i}]") for i, t in enumerate(data.get("inputs", []))]
-        outputs = [
-            TensorSpec.from_json(t, f"graphs.{graph}.outputs[{i}]") for i, t in enumerate(data.get("outputs", []))
-        ]
-        spec = cls(data["file"], inputs, outputs)
-        names = {t.name for t in inputs}
-        for out in outputs:
-            if out.feeds is not None and out.feeds not in names:
+        lists = {}
+        for key in ("inputs", "outputs"):
+            entries = data.get(key, [])
+            if not isinstance(entries, list):
+                raise ArtifactError(f"manifest.json: graphs.{graph}.{key} must be a list")
+            lists[key] = [TensorSpec.from_json(t, f"graphs.{graph}.{key}[{i}]") for i, t in enumerate(entries)]
+        spec = cls(data["file"], lists["inputs"], lists["outputs"])
+        for key, specs in lists.items():
+            names = [t.name for t in specs]
+            duplicate = next((n for n in names if names.count(n) > 1), None)
+            if duplicate is not None:
+                raise ArtifactError(f"manifest.json: graphs.{graph}.{key} names {duplicate!r} twice")
+        inputs = {t.name: t for t in spec.inputs}
+        for out in spec.outputs:
+            if out.feeds is None:
+                continue
+            fed = inputs.get(out.feeds)
+            if fed is None or not fed.is_state:
                 raise ArtifactError(
-                    f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}, which is not an input"
+                    f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}, which is not a state input"
+                )
+            if (out.dtype, out.shape) != (fed.dtype, fed.shape):
+                raise ArtifactError(
+                    f"manifest.json: graphs.{graph} output {out.name!r} is {out.dtype}{out.shape} "
+                    f"but feeds {fed.name!r}, which is {fed.dtype}{fed.shape}"
                 )
         return spec
 
@@ -139,12 +177,12 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long ints, absurd nesting
             raise ArtifactError(f"manifest.json is not valid JSON: {e}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ArtifactError(f"manifest.json: format is {found!r}, expected {FORMAT_NAME!r}")
-        if data.get("version") != FORMAT_VERSION:
+        if type(data.get("version")) is not int or data["version"] != FORMAT_VERSION:
             raise ArtifactError(
                 f"manifest.json: format version {data.get('version')!r} is not supported; "
                 f"this optgraph reads version {FORMAT_VERSION}"

@@ -1,0 +1,231 @@
+"""Checks that make a loaded artifact consistent before any runtime sees it.
+
+Every mismatch between the manifest, the graphs and the checkpoint is an
+:class:`ArtifactError` naming the file, raised at load rather than as an
+onnxruntime error at the first step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from optgraph.artifact.manifest import (
+    CHECKPOINT_FILE,
+    GRAPH_NAMES,
+    LOSS,
+    MANIFEST_FILE,
+    SCHEDULE_LR,
+    SHA256_KEY,
+    STEP_COUNTER,
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+)
+from optgraph.errors import ArtifactError
+
+# The roles each graph's non-state inputs and non-state outputs may have.
+_BATCH_ROLES = {"train_step": {"input", "target"}, "scheduler_step": {"input"}, "eval": {"input"}}
+_RESULT_ROLES = {"train_step": {"loss", "status", "lr"}, "scheduler_step": {"lr"}, "eval": {"output"}}
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool",
+}  # fmt: skip
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_manifest(root: Path, manifest: Manifest) -> None:
+    """What the session relies on: file names, roles per graph, the state it reads by name, optimizer metadata."""
+    where = root / MANIFEST_FILE
+    files = [manifest.graphs[name].file for name in GRAPH_NAMES]
+    for file in files:
+        if not file or Path(file).name != file or file in (".", "..") or "\\" in file or "\0" in file:
+            raise ArtifactError(f"{where}: file name {file!r} must be a plain name inside the directory")
+    if len(set(files)) != len(files) or {MANIFEST_FILE, CHECKPOINT_FILE} & set(files):
+        raise ArtifactError(f"{where}: graph files {files} must be distinct and not {MANIFEST_FILE}/{CHECKPOINT_FILE}")
+    for name in GRAPH_NAMES:
+        _check_roles(where, name, manifest.graphs[name])
+    train = manifest.graphs["train_step"]
+    if [t.role for t in train.outputs].count("loss") != 1 or not any(t.name == LOSS for t in train.outputs):
+        raise ArtifactError(f"{where}: train_step must have exactly one output {LOSS!r} with role 'loss'")
+    if len([t for t in manifest.graphs["scheduler_step"].inputs if not t.is_state]) > 1:
+        raise ArtifactError(f"{where}: scheduler_step takes at most one non-state input (the metric)")
+    if not any(t.role == "output" for t in manifest.graphs["eval"].outputs):
+        raise ArtifactError(f"{where}: eval has no output with role 'output'")
+    state = manifest.state_specs()
+    _expect_state(where, state, STEP_COUNTER, "counter", "int64", [])
+    lr = _expect_state(where, state, SCHEDULE_LR, "schedule_state", "float64", None)
+    if len(lr.shape) != 1 or not isinstance(lr.shape[0], int) or lr.shape[0] < 1:
+        raise ArtifactError(f"{where}: state {SCHEDULE_LR!r} must have shape [groups], got {lr.shape}")
+    for spec in state.values():
+        _check_state_meta(where, spec, state)
+    _check_extra(where, manifest.extra, state)
+
+
+def _check_roles(where: Path, graph: str, spec: GraphSpec) -> None:
+    for t in spec.inputs:
+        if not t.is_state and t.role not in _BATCH_ROLES[graph]:
+            raise ArtifactError(f"{where}: {graph} input {t.name!r} has role {t.role!r}, not a state or batch role")
+    for t in spec.outputs:
+        if t.feeds is None and t.role not in _RESULT_ROLES[graph]:
+            raise ArtifactError(f"{where}: {graph} output {t.name!r} has role {t.role!r} but feeds no state")
+
+
+def _expect_state(where: Path, state: dict[str, TensorSpec], name: str, role: str, dtype: str, shape) -> TensorSpec:
+    spec = state.get(name)
+    if spec is None or spec.role != role or spec.dtype != dtype or (shape is not None and spec.shape != shape):
+        found = "nothing" if spec is None else f"{spec.role} {spec.dtype}{spec.shape}"
+        raise ArtifactError(f"{where}: state {name!r} must be {role} {dtype}, found {found}")
+    return spec
+
+
+def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec]) -> None:
+    if any(isinstance(d, str) for d in spec.shape):
+        raise ArtifactError(f"{where}: state {spec.name!r} has a symbolic shape {spec.shape}; state shapes are fixed")
+    if "trainable" in spec.meta and not isinstance(spec.meta["trainable"], bool):
+        raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean 'trainable'")
+    if spec.role == "optim_state":
+        param, slot = spec.meta.get("param"), spec.meta.get("slot")
+        if not isinstance(slot, str) or not isinstance(param, str) or state.get(param, spec).role != "param":
+            raise ArtifactError(
+                f"{where}: optimizer state {spec.name!r} must name its parameter and slot, got {param!r}, {slot!r}"
+            )
+
+
+def _check_extra(where: Path, extra: dict[str, Any], state: dict[str, TensorSpec]) -> None:
+    aliases = extra.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v in state and state[v].role in ("param", "buffer")
+        for k, v in aliases.items()
+    ):
+        raise ArtifactError(f"{where}: 'aliases' must map names to parameters or buffers, got {aliases!r}")
+    optimizer = extra.get("optimizer", {})
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state_has_step", False), bool):
+        raise ArtifactError(f"{where}: 'optimizer' must be an object with a boolean 'state_has_step'")
+    digests = extra.get(SHA256_KEY, {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise ArtifactError(f"{where}: {SHA256_KEY!r} must map file names to hex digests")
+
+
+def check_digest(root: Path, manifest: Manifest, file: str, data: bytes) -> None:
+    expected = manifest.extra.get(SHA256_KEY, {}).get(file)
+    if expected is not None and digest(data) != expected.lower():
+        raise ArtifactError(f"{root / file}: contents do not match the sha256 in manifest.json (corrupt or edited)")
+
+
+def check_graph(path: Path, data: bytes, spec: GraphSpec) -> None:
+    """A graph must parse, hold every tensor inline, and have the inputs and outputs the manifest lists."""
+    try:
+        model = onnx.load_from_string(data)  # from bytes: external data is never loaded
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types
+        raise ArtifactError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    for tensor in _all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            where = next((entry.value for entry in tensor.external_data if entry.key == "location"), "?")
+            raise ArtifactError(
+                f"{path}: tensor {tensor.name!r} points to external data {where!r}; "
+                "an artifact keeps every tensor inside its graph files"
+            )
+    _match(path, "input", list(model.graph.input), spec.inputs)
+    _match(path, "output", list(model.graph.output), spec.outputs)
+
+
+def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list[TensorSpec]) -> None:
+    graph_names = sorted(v.name for v in values)
+    if graph_names != sorted(t.name for t in specs):
+        missing = sorted({t.name for t in specs} - set(graph_names))
+        unknown = sorted(set(graph_names) - {t.name for t in specs})
+        raise ArtifactError(
+            f"{path}: the graph's {kind}s do not match manifest.json (graph only: {unknown[:5]}, "
+            f"manifest only: {missing[:5]})"
+        )
+    by_name = {t.name: t for t in specs}
+    for value in values:
+        spec = by_name[value.name]
+        dtype, shape = _value_type(value)
+        if shape is None:  # the graph leaves the rank open; onnxruntime infers it
+            shape = [None] * len(spec.shape)
+        if (dtype is not None and dtype != spec.dtype) or len(shape) != len(spec.shape):
+            raise ArtifactError(
+                f"{path}: {kind} {value.name!r} is {dtype}{shape} in the graph, "
+                f"manifest.json says {spec.dtype}{spec.shape}"
+            )
+        for ours, theirs in zip(shape, spec.shape):
+            if isinstance(ours, int) and isinstance(theirs, int) and ours != theirs:
+                raise ArtifactError(
+                    f"{path}: {kind} {value.name!r} has shape {shape} in the graph, manifest.json says {spec.shape}"
+                )
+
+
+def _value_type(value: onnx.ValueInfoProto) -> tuple[str | None, list[int | str | None] | None]:
+    """The dtype and shape a graph declares (None where it leaves them open)."""
+    if value.type.WhichOneof("value") != "tensor_type":
+        return "non-tensor", []
+    tensor = value.type.tensor_type
+    dtype = None if tensor.elem_type == onnx.TensorProto.UNDEFINED else _ONNX_DTYPES.get(tensor.elem_type, "unknown")
+    if not tensor.HasField("shape"):
+        return dtype, None
+    dims: list[int | str | None] = []
+    for dim in tensor.shape.dim:
+        kind = dim.WhichOneof("value")
+        dims.append(dim.dim_value if kind == "dim_value" else dim.dim_param if kind == "dim_param" else None)
+    return dtype, dims
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
+        for attribute in node.attribute:
+            yield from _attribute_tensors(attribute)
+
+
+def _attribute_tensors(attribute: onnx.AttributeProto):
+    yield attribute.t
+    yield from attribute.tensors
+    yield attribute.sparse_tensor.values
+    yield attribute.sparse_tensor.indices
+    for sparse in attribute.sparse_tensors:
+        yield sparse.values
+        yield sparse.indices
+    if attribute.HasField("g"):
+        yield from _graph_tensors(attribute.g)
+    for subgraph in attribute.graphs:
+        yield from _graph_tensors(subgraph)
+
+
+def check_state(path: Path, manifest: Manifest, state: dict[str, np.ndarray]) -> None:
+    """The checkpoint holds exactly the manifest's state tensors, with their dtypes and shapes."""
+    specs = manifest.state_specs()
+    for name, spec in specs.items():
+        if name not in state:
+            raise ArtifactError(f"{path}: missing state tensor {name!r} that manifest.json declares")
+        array = state[name]
+        if str(array.dtype) != spec.dtype or list(array.shape) != spec.shape:
+            raise ArtifactError(
+                f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, "
+                f"manifest.json expects {spec.dtype}{spec.shape}"
+            )
+    unknown = sorted(set(state) - set(specs))
+    if unknown:
+        raise ArtifactError(f"{path}: holds tensors manifest.json does not declare: {unknown[:5]}")

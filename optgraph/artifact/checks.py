@@ -19,6 +19,7 @@ from optgraph.artifact.manifest import (
     GRAPH_NAMES,
     LOSS,
     MANIFEST_FILE,
+    OPTIM_STATE_PREFIX,
     SCHEDULE_LR,
     SHA256_KEY,
     STEP_COUNTER,
@@ -94,9 +95,16 @@ def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec
         raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean 'trainable'")
     if spec.role == "optim_state":
         param, slot = spec.meta.get("param"), spec.meta.get("slot")
-        if not isinstance(slot, str) or not isinstance(param, str) or state.get(param, spec).role != "param":
+        if (
+            not isinstance(slot, str)
+            or not isinstance(param, str)
+            or spec.name != f"{OPTIM_STATE_PREFIX}{slot}.{param}"
+            or param not in state
+            or state[param].role != "param"
+        ):
             raise ArtifactError(
-                f"{where}: optimizer state {spec.name!r} must name its parameter and slot, got {param!r}, {slot!r}"
+                f"{where}: optimizer state {spec.name!r} must be named {OPTIM_STATE_PREFIX}<slot>.<param> "
+                f"after its 'slot' and 'param' (a parameter), got {slot!r} and {param!r}"
             )
 
 
@@ -159,7 +167,7 @@ def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list
                 f"manifest.json says {spec.dtype}{spec.shape}"
             )
         for ours, theirs in zip(shape, spec.shape):
-            if isinstance(ours, int) and isinstance(theirs, int) and ours != theirs:
+            if ours is not None and ours != theirs:  # a declared dim, static or symbolic, must be the manifest's
                 raise ArtifactError(
                     f"{path}: {kind} {value.name!r} has shape {shape} in the graph, manifest.json says {spec.shape}"
                 )

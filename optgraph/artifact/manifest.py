@@ -23,6 +23,8 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 SHA256_KEY = "sha256"  # top-level manifest key: {file name: hex digest} of the graphs and the checkpoint
 STEP_COUNTER = "counter.step"
 SCHEDULE_LR = "schedule.lr"
+NEXT_SUFFIX = ".next"  # a state output is named <state input>.next
+OPTIM_STATE_PREFIX = "optim."  # optimizer state is named optim.<slot>.<param>
 LOSS = "loss"
 UPDATE_APPLIED = "update_applied"
 ROLES = frozenset(
@@ -147,6 +149,11 @@ class GraphSpec:
             if fed is None or not fed.is_state:
                 raise ArtifactError(
                     f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}, which is not a state input"
+                )
+            if out.name != out.feeds + NEXT_SUFFIX:
+                raise ArtifactError(
+                    f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}; "
+                    f"a state output is named after its input plus {NEXT_SUFFIX!r}"
                 )
             if (out.dtype, out.shape) != (fed.dtype, fed.shape):
                 raise ArtifactError(

@@ -1,0 +1,150 @@
+"""The load checks accept everything optgraph writes, and reject a manifest that disagrees with its graphs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from models import make_batch, make_model
+from torch import nn
+
+import optgraph
+from optgraph import lr_scheduler, optim
+from optgraph.api import build_artifact
+from optgraph.artifact import Artifact
+from optgraph.capture import capture
+from optgraph.errors import ArtifactError
+
+OPTIMIZERS = [name for name in optim.__all__ if name not in ("Optimizer", "ParamGroup")]
+SCHEDULES = {
+    "plateau": lambda: lr_scheduler.ReduceLROnPlateau(),
+    "onecycle": lambda: lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=10),
+    "sequential": lambda: lr_scheduler.SequentialLR(
+        [lr_scheduler.LinearLR(), lr_scheduler.ExponentialLR(gamma=0.9)], milestones=[3]
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def captured():
+    model = make_model("mlp")
+    x, y = make_batch("mlp", 4, torch.Generator().manual_seed(0))
+    return capture(model, (x,), (y,), nn.CrossEntropyLoss())
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_artifact_passes_the_load_checks(captured, tmp_path, name):
+    optimizer = getattr(optim, name)(param_groups=[{"params": ["*.bias"], "lr": 0.5}])
+    artifact = build_artifact(captured, optimizer, clip_grad_norm=1.0, grad_accumulation_steps=2)
+    loaded = Artifact.load(artifact.save(tmp_path / name))
+    assert loaded.manifest.to_json() != "" and loaded.state.keys() == artifact.state.keys()
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_every_kind_of_schedule_artifact_passes_the_load_checks(captured, tmp_path, name):
+    artifact = build_artifact(captured, optim.SGD(lr=0.1, momentum=0.9), SCHEDULES[name]())
+    optgraph.TrainingSession(artifact.save(tmp_path / name), providers=["CPUExecutionProvider"])
+
+
+def _edit(directory, edit):
+    data = json.loads((directory / "manifest.json").read_text())
+    edit(data)
+    (directory / "manifest.json").write_text(json.dumps(data))
+
+
+def _train_output(data, name):
+    return next(t for t in data["graphs"]["train_step"]["outputs"] if t["name"] == name)
+
+
+def _optim_state(data):
+    return next(t for t in data["graphs"]["train_step"]["inputs"] if t["role"] == "optim_state")
+
+
+MISMATCHES = {
+    "feeds-another-state": (
+        lambda d: _train_output(d, "optim.exp_avg.fc1.weight.next").update(feeds="optim.exp_avg_sq.fc1.weight"),
+        r"output 'optim.exp_avg.fc1.weight.next' feeds 'optim.exp_avg_sq.fc1.weight'; a state output is named",
+    ),
+    "state-output-without-feeds": (
+        lambda d: _train_output(d, "fc1.weight.next").pop("feeds"),
+        r"train_step output 'fc1.weight.next' has role 'param' but feeds no state",
+    ),
+    "slot-renamed": (
+        lambda d: _optim_state(d).update(slot="momentum_buffer"),
+        r"must be named optim.<slot>.<param> after its 'slot' and 'param'",
+    ),
+    "symbolic-dim-made-static": (
+        lambda d: d["graphs"]["train_step"]["inputs"][0].update(shape=[1099511627776, 8]),
+        r"train_step.onnx: input 'features' has shape \['batch', 8\] in the graph, manifest.json says \[1099511627776, 8\]",
+    ),
+    "no-loss": (
+        lambda d: _train_output(d, "loss").update(role="output"),
+        r"train_step output 'loss' has role 'output' but feeds no state",
+    ),
+    "input-renamed": (
+        lambda d: d["graphs"]["eval"]["inputs"][0].update(name="pixels"),
+        r"eval.onnx: the graph's inputs do not match manifest.json \(graph only: \['features'\], manifest only: \['pixels'\]\)",
+    ),
+    "no-schedule-lr": (
+        lambda d: [
+            g.update(inputs=[t for t in g["inputs"] if t["name"] != "schedule.lr"]) for g in d["graphs"].values()
+        ],
+        r"feeds 'schedule.lr', which is not a state input",
+    ),
+    "file-is-the-checkpoint": (
+        lambda d: d["graphs"]["eval"].update(file="checkpoint.safetensors"),
+        r"must be distinct and not manifest.json/checkpoint.safetensors",
+    ),
+    "version-true": (lambda d: d.update(version=True), r"format version True is not supported"),
+    "aliases-to-nothing": (lambda d: d.update(aliases={"x": "nothing"}), r"'aliases' must map names to parameters"),
+    "digest-not-text": (lambda d: d.update(sha256={"eval.onnx": 5}), r"'sha256' must map file names to hex digests"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES), ids=list(MISMATCHES))
+def test_manifest_that_disagrees_is_an_artifact_error(mlp_artifact, tmp_path, case):
+    directory = mlp_artifact.save(tmp_path / "art")
+    edit, message = MISMATCHES[case]
+    _edit(directory, edit)
+    with pytest.raises(ArtifactError, match=message):
+        optgraph.TrainingSession(directory, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("file", ["train_step.onnx", "eval.onnx", "checkpoint.safetensors"])
+def test_any_changed_byte_fails_the_digest(mlp_artifact, tmp_path, file):
+    directory = mlp_artifact.save(tmp_path / "art")
+    data = bytearray((directory / file).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (directory / file).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{file}: contents do not match the sha256 in manifest.json"):
+        Artifact.load(directory)
+
+
+def test_sparse_initializers_and_functions_may_not_point_outside(mlp_artifact, tmp_path):
+    import onnx
+
+    def external(name):
+        tensor = onnx.helper.make_tensor(name, onnx.TensorProto.FLOAT, [2], [0.0, 0.0])
+        tensor.ClearField("float_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.external_data.add(key="location", value="../secret.bin")
+        return tensor
+
+    def add_sparse(model):
+        indices = onnx.helper.make_tensor("idx", onnx.TensorProto.INT64, [1], [0])
+        model.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(external("sparse"), indices, [4]))
+
+    def add_function(model):
+        node = onnx.helper.make_node("Constant", [], ["c"], value=external("in_function"))
+        function = onnx.helper.make_function("local", "leak", [], ["c"], [node], [onnx.helper.make_opsetid("", 18)])
+        model.functions.append(function)
+
+    for edit in (add_sparse, add_function):
+        directory = mlp_artifact.save(tmp_path / edit.__name__)
+        _edit(directory, lambda d: d.pop("sha256"))
+        model = onnx.load(directory / "eval.onnx")
+        edit(model)
+        onnx.save(model, directory / "eval.onnx")
+        with pytest.raises(ArtifactError, match=r"eval.onnx: tensor .* points to external data '../secret.bin'"):
+            Artifact.load(directory)

@@ -1,17 +1,20 @@
 """``TrainingSession``: trains an artifact on stock onnxruntime. Never imports torch.
 
-Every state tensor lives on the execution provider's device as an OrtValue.
-Each graph writes its next state into spare OrtValues bound through
-IOBinding, which are then swapped with the current ones (double buffering),
-so a step moves only the batch in and the scalar loss out.
+Every state tensor lives on the device of the first execution provider as an
+OrtValue (``optgraph.devices.state_device``). Each graph writes its next state
+into spare OrtValues bound through IOBinding, which are then swapped with the
+current ones (double buffering), so a step moves only the batch in and the
+scalar loss out.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -19,6 +22,7 @@ import onnxruntime as ort
 
 from optgraph.artifact import Artifact, GraphSpec, TensorSpec
 from optgraph.batch import check_batch
+from optgraph.devices import CPU_DEVICE, can_allocate, state_device
 from optgraph.errors import NonFiniteError
 from optgraph.inference import export_inference
 
@@ -48,21 +52,33 @@ def _cuda_works() -> bool:
     return session.get_providers()[0] == CUDA
 
 
+class StateInfo(NamedTuple):
+    """One state tensor as it is held, read without copying its data to the host."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy's name: "float32", "int64", ...
+    device: str  # onnxruntime's name of the memory it is in, lower case: "cpu", "cuda", "dml", ...
+
+
 class _StateStore:
     """The current OrtValue of every state tensor, on one device."""
 
-    def __init__(self, state: dict[str, np.ndarray], device: str) -> None:
+    def __init__(self, state: dict[str, np.ndarray], device: tuple[str, int]) -> None:
         self.device = device
         self.values = {name: self.upload(array) for name, array in state.items()}
 
     def upload(self, array: np.ndarray) -> ort.OrtValue:
         # A private contiguous copy: on CPU the OrtValue shares this memory.
-        return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), self.device, 0)
+        return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), *self.device)
 
     def empty_like(self, name: str) -> ort.OrtValue:
+        # from_numpy, not from_shape_and_type: older bindings allocate only CPU and CUDA memory with the latter
         current = self.values[name]
-        dtype = np.dtype(_ORT_TYPES[current.data_type()])
-        return ort.OrtValue.ortvalue_from_shape_and_type(current.shape(), dtype, self.device, 0)
+        return self.upload(np.empty(current.shape(), _ORT_TYPES[current.data_type()]))
+
+    def info(self, name: str) -> StateInfo:
+        value = self.values[name]
+        return StateInfo(tuple(value.shape()), _ORT_TYPES[value.data_type()], value.device_name().lower())
 
     def read(self, name: str) -> np.ndarray:
         # OrtValue.numpy() on CPU is a view of the state buffer, which the next step overwrites
@@ -73,21 +89,45 @@ class _StateStore:
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16", "tensor(uint16)": "uint16", "tensor(uint32)": "uint32", "tensor(uint64)": "uint64",
     "tensor(bool)": "bool",
 }  # fmt: skip
+
+
+def _inference_session(
+    model: bytes,
+    options: ort.SessionOptions,
+    providers: Sequence,
+    provider_options: Sequence[dict] | None,
+    name: str,
+    spec: GraphSpec,
+) -> ort.InferenceSession:
+    prefix = options.profile_file_prefix
+    if options.enable_profiling:  # one profile per graph, named after it (the options are shared)
+        options.profile_file_prefix = f"{prefix}_{name}"
+    try:
+        return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
+    finally:
+        options.profile_file_prefix = prefix
 
 
 class _GraphRunner:
     """One graph: binds state from the store, runs, and swaps in the next state."""
 
     def __init__(
-        self, model: bytes, spec: GraphSpec, providers: Sequence, name: str, options: ort.SessionOptions | None
+        self,
+        model: bytes,
+        spec: GraphSpec,
+        name: str,
+        providers: Sequence,
+        provider_options: Sequence[dict] | None,
+        options: ort.SessionOptions | None,
     ) -> None:
         if options is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3
         self.name = name
-        self.session = ort.InferenceSession(model, options, providers=list(providers))
+        self.session = _inference_session(model, options, providers, provider_options, name, spec)
         self.spec = spec
         self.state_inputs = [t.name for t in spec.inputs if t.is_state]
         self.batch_inputs = [t for t in spec.inputs if not t.is_state]
@@ -120,10 +160,16 @@ class _GraphRunner:
 class TrainingSession:
     """Train an artifact with onnxruntime.
 
+    The state lives on the device of the first execution provider the graphs run on (see
+    :attr:`device`), e.g. ``("cuda", 1)`` for ``providers=[("CUDAExecutionProvider", {"device_id": 1})]``;
+    where this onnxruntime build cannot place it there, it stays in host memory, with a warning.
+
     Args:
         artifact: an :class:`~optgraph.artifact.Artifact` or the path of an artifact directory.
-        providers: onnxruntime execution providers; None picks CUDA when available, else CPU.
+        providers: onnxruntime execution providers, names or ``(name, options)`` pairs as
+            ``onnxruntime.InferenceSession`` takes them; None picks CUDA when available, else CPU.
         session_options: onnxruntime session options (threads, profiling) for every graph.
+        provider_options: one options dict per provider, as ``onnxruntime.InferenceSession`` takes them.
     """
 
     def __init__(
@@ -131,17 +177,31 @@ class TrainingSession:
         artifact: Artifact | str | os.PathLike,
         providers: Sequence | None = None,
         session_options: ort.SessionOptions | None = None,
+        provider_options: Sequence[dict] | None = None,
     ) -> None:
+        if providers is None and provider_options is not None:
+            raise ValueError("provider_options needs providers: one options dict per provider, in the same order")
         if not isinstance(artifact, Artifact):
             artifact = Artifact.load(artifact)
         self._artifact = artifact
         manifest = artifact.manifest
         providers = default_providers() if providers is None else list(providers)
         self._runners = {
-            name: _GraphRunner(artifact.graphs[name], manifest.graphs[name], providers, name, session_options)
+            name: _GraphRunner(
+                artifact.graphs[name], manifest.graphs[name], name, providers, provider_options, session_options
+            )
             for name in ("train_step", "scheduler_step", "eval")
         }
-        device = "cuda" if self._runners["train_step"].session.get_providers()[0] == CUDA else "cpu"
+        train = self._runners["train_step"].session
+        device = state_device(train.get_providers(), train.get_provider_options())
+        if not can_allocate(device):
+            warnings.warn(
+                f"this onnxruntime build cannot place OrtValues on {device} for {train.get_providers()[0]}: "
+                "the state stays in host memory",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            device = CPU_DEVICE
         self._store = _StateStore({n: artifact.state[n] for n in manifest.state_specs()}, device)
         for runner in self._runners.values():
             runner.prepare(self._store)
@@ -194,6 +254,18 @@ class TrainingSession:
     def manifest(self):
         return self._artifact.manifest
 
+    @property
+    def device(self) -> tuple[str, int]:
+        """Where the state lives: ``(device_type, device_id)`` as ``OrtValue.ortvalue_from_numpy`` takes them."""
+        return self._store.device
+
+    def state_info(self) -> dict[str, StateInfo]:
+        """Shape, dtype and device of every state tensor by its checkpoint name; copies no data.
+
+        Parameters, buffers, optimizer and schedule state and counters, as ``checkpoint.safetensors`` names them.
+        """
+        return {name: self._store.info(name) for name in self._store.values}
+
     def _specs(self, *roles: str) -> list[TensorSpec]:
         return [t for t in self._artifact.manifest.state_specs().values() if t.role in roles]
 
@@ -229,3 +301,15 @@ class TrainingSession:
     def export_inference(self, path: str | os.PathLike) -> Path:
         """Write a standalone eval-mode model with the trained weights as initializers."""
         return export_inference(self._artifact.graphs["eval"], self.state_dict(), path)
+
+    # -- profiling ----------------------------------------------------------
+    def end_profiling(self) -> dict[str, Path]:
+        """Stop onnxruntime's profiler; returns the profile each graph wrote, by graph name.
+
+        Profiling is on when ``session_options.enable_profiling`` was set. Each graph then writes
+        ``<session_options.profile_file_prefix>_<graph>_<time>.json`` (chrome-trace events; a relative
+        prefix lands in the working directory). Returns ``{}`` when profiling is off or already ended;
+        the session trains on either way.
+        """
+        paths = {name: runner.session.end_profiling() for name, runner in self._runners.items()}
+        return {name: Path(path) for name, path in paths.items() if path}

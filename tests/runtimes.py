@@ -1,7 +1,8 @@
 """Where the other runtimes are, and what to do when one is missing.
 
 Each framework-neutrality test needs a runtime that pip does not give the
-main environment: onnxruntime 1.19 in its own venv, Node with
+main environment: onnxruntime 1.19.2 (the stock wheel and the
+onnxruntime-training wheel) in venvs of their own, Node with
 onnxruntime-node, Chromium with onnxruntime-web. Locally a missing one skips
 its test; with ``OPTGRAPH_REQUIRE_RUNTIMES=1`` (CI sets it) it fails, so a
 broken install cannot pass as a skip.
@@ -9,16 +10,22 @@ broken install cannot pass as a skip.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
-import sys
+import subprocess
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-OLD_RUNTIME_VENV = Path(os.environ.get("OPTGRAPH_OLD_RUNTIME_VENV", REPO / ".venv-ort1.19"))
+
+_spec = importlib.util.spec_from_file_location("old_runtime_venv", REPO / "tools/old_runtime_venv.py")
+_venvs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_venvs)
+OLD_RUNTIMES = _venvs.RUNTIMES  # {"stock": OldRuntime(label, path, packages), "training": ...}
 
 
 def require(ok: bool, what: str, how: str) -> None:
@@ -31,9 +38,29 @@ def require(ok: bool, what: str, how: str) -> None:
     pytest.skip(message)
 
 
-def old_runtime_python() -> Path:
-    python = OLD_RUNTIME_VENV / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-    require(python.exists(), "the onnxruntime 1.19 environment", "run python tools/old_runtime_venv.py")
+@functools.cache
+def _installed(python: Path) -> dict[str, str]:
+    """``{distribution: version}`` of the onnxruntime wheels installed for ``python``."""
+    names = sorted({spec.split("==")[0] for r in OLD_RUNTIMES.values() for spec in r.packages if "onnxruntime" in spec})
+    script = (
+        "import importlib.metadata as m\n"
+        f"for name in {names!r}:\n"
+        "    try: print(name, m.version(name))\n"
+        "    except m.PackageNotFoundError: pass\n"
+    )
+    run = subprocess.run([str(python), "-c", script], capture_output=True, text=True, check=True)
+    return dict(line.split() for line in run.stdout.splitlines())
+
+
+def old_runtime_python(runtime: str) -> Path:
+    """The interpreter of the environment of ``runtime`` (a key of ``OLD_RUNTIMES``), which holds that wheel only."""
+    wanted = OLD_RUNTIMES[runtime]
+    python = _venvs.python_of(wanted.path)
+    how = f"run python tools/old_runtime_venv.py --runtime {runtime}"
+    require(python.exists(), f"the {wanted.label} environment", how)
+    expected = dict(spec.split("==") for spec in wanted.packages if "onnxruntime" in spec)
+    installed = _installed(python)
+    assert installed == expected, f"{wanted.path} should hold {expected} alone, holds {installed}: {how}"
     return python
 
 

@@ -1,6 +1,10 @@
 """Profile ``train_step.onnx`` of an artifact with onnxruntime's profiler: time per op type.
 
-python tools/profile_step.py ARTIFACT_DIR [--batch 64] [--steps 50] [--threads 2]
+python tools/profile_step.py ARTIFACT_DIR [--batch 64] [--steps 50] [--threads 2] [--out DIR]
+
+onnxruntime's profiles (chrome-trace JSON, one per graph) go to a temporary
+folder that is removed afterwards, or are kept in ``--out DIR``; nothing is
+written to the working directory.
 """
 
 from __future__ import annotations
@@ -8,7 +12,8 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -36,22 +41,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--nodes", type=int, default=10, help="how many of the slowest nodes to list")
+    parser.add_argument("--out", type=Path, help="keep onnxruntime's profiles in this folder (default: discard them)")
     args = parser.parse_args()
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        events = profile(args, args.out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="optgraph-profile-") as folder:
+            events = profile(args, Path(folder))
+    report(events, args)
+
+
+def profile(args: argparse.Namespace, folder: Path) -> list[dict]:
+    """Train ``args.steps`` steps with profiling on, profiles written in ``folder``; train_step's events."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     options.enable_profiling = True
+    options.profile_file_prefix = str(folder.resolve() / "onnxruntime_profile")
     session = optgraph.TrainingSession(args.artifact, providers=["CPUExecutionProvider"], session_options=options)
     batch = random_batch(session, args.batch, np.random.default_rng(0))
     for _ in range(args.steps):
         session.step(*batch)
-    runners = session._runners  # noqa: SLF001 - a developer tool
-    path = runners["train_step"].session.end_profiling()
-    with open(path) as f:
-        events = json.load(f)
-    os.remove(path)
-    for runner in runners.values():
-        if runner.name != "train_step" and os.path.exists(other := runner.session.end_profiling()):
-            os.remove(other)
+    paths = session.end_profiling()
+    with open(paths["train_step"]) as f:
+        return json.load(f)
+
+
+def report(events: list[dict], args: argparse.Namespace) -> None:
     per_op: collections.Counter = collections.Counter()
     per_node: collections.Counter = collections.Counter()
     for e in events:

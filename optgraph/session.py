@@ -23,9 +23,19 @@ import onnxruntime as ort
 from optgraph.artifact import Artifact, GraphSpec, TensorSpec
 from optgraph.batch import check_batch
 from optgraph.devices import CPU_DEVICE, can_allocate, state_device
-from optgraph.errors import NonFiniteError
+from optgraph.errors import ArtifactError, NonFiniteError, RunError
 from optgraph.inference import export_inference
 
+# onnxruntime's own exception types (they differ between releases): a failure of the runtime, not of optgraph.
+# UnicodeDecodeError: onnxruntime's message quotes a graph's invalid UTF-8 and the binding cannot decode it.
+ORT_ERRORS = (
+    *(
+        kind
+        for kind in vars(ort.capi.onnxruntime_pybind11_state).values()
+        if isinstance(kind, type) and issubclass(kind, Exception)
+    ),
+    UnicodeDecodeError,
+)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 STEP_COUNTER = "counter.step"
@@ -106,7 +116,10 @@ def _inference_session(
     if options.enable_profiling:  # one profile per graph, named after it (the options are shared)
         options.profile_file_prefix = f"{prefix}_{name}"
     try:
-        return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
+        try:
+            return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
+        except ORT_ERRORS as e:
+            raise ArtifactError(f"{spec.file}: onnxruntime cannot load this graph ({type(e).__name__}: {e})") from None
     finally:
         options.profile_file_prefix = prefix
 
@@ -149,7 +162,13 @@ class _GraphRunner:
             io.bind_ortvalue_output(out, self.spares[out])
         for t in self.result_outputs:
             io.bind_output(t.name, "cpu")
-        self.session.run_with_iobinding(io)
+        try:
+            self.session.run_with_iobinding(io)
+        except (*ORT_ERRORS, RuntimeError) as e:  # the binding raises a plain RuntimeError for a failed run
+            # nothing was swapped yet: the state is as it was before the call
+            raise RunError(
+                f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); the state is unchanged"
+            ) from None
         results = io.get_outputs()[len(self.state_outputs) :] if self.result_outputs else []
         arrays = [r.numpy() for r in results]
         for out, fed in self.state_outputs:

@@ -147,6 +147,9 @@ def check_graph(path: Path, data: bytes, spec: GraphSpec) -> None:
 
 
 def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list[TensorSpec]) -> None:
+    for value in values:
+        if not isinstance(value.name, str):  # protobuf hands out bytes for a name that is not UTF-8
+            raise ArtifactError(f"{path}: a graph {kind} has a name that is not UTF-8 ({value.name[:40]!r})")
     graph_names = sorted(v.name for v in values)
     if graph_names != sorted(t.name for t in specs):
         missing = sorted({t.name for t in specs} - set(graph_names))

@@ -22,9 +22,16 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
-_spec = importlib.util.spec_from_file_location("old_runtime_venv", REPO / "tools/old_runtime_venv.py")
-_venvs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_venvs)
+
+def load_tool(name: str):
+    """The module ``tools/<name>.py`` (tools is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_venvs = load_tool("old_runtime_venv")
 OLD_RUNTIMES = _venvs.RUNTIMES  # {"stock": OldRuntime(label, path, packages), "training": ...}
 
 

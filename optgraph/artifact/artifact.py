@@ -12,7 +12,15 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from optgraph.artifact.checks import check_digest, check_graph, check_manifest, check_state, digest
-from optgraph.artifact.manifest import CHECKPOINT_FILE, FORMAT_NAME, GRAPH_NAMES, MANIFEST_FILE, SHA256_KEY, Manifest
+from optgraph.artifact.manifest import (
+    CHECKPOINT_FILE,
+    FORMAT_NAME,
+    GRAPH_NAMES,
+    MANIFEST_FILE,
+    SHA256_KEY,
+    Manifest,
+    is_plain_file_name,
+)
 from optgraph.artifact.storage import missing_directory_error, save_directory
 from optgraph.errors import ArtifactError
 
@@ -65,7 +73,7 @@ class Artifact:
 
 def _read(root: Path, file: str) -> bytes:
     """Read a file of the artifact; names that leave the directory, and symbolic links, are rejected."""
-    if not file or Path(file).name != file or file in (".", "..") or "\\" in file or "\0" in file:
+    if not is_plain_file_name(file):
         raise ArtifactError(f"{root / MANIFEST_FILE}: file name {file!r} must be a plain name inside the directory")
     path = root / file
     if path.is_symlink() or not path.is_file():

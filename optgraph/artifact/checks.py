@@ -26,6 +26,7 @@ from optgraph.artifact.manifest import (
     GraphSpec,
     Manifest,
     TensorSpec,
+    is_plain_file_name,
 )
 from optgraph.errors import ArtifactError
 
@@ -48,7 +49,7 @@ def check_manifest(root: Path, manifest: Manifest) -> None:
     where = root / MANIFEST_FILE
     files = [manifest.graphs[name].file for name in GRAPH_NAMES]
     for file in files:
-        if not file or Path(file).name != file or file in (".", "..") or "\\" in file or "\0" in file:
+        if not is_plain_file_name(file):
             raise ArtifactError(f"{where}: file name {file!r} must be a plain name inside the directory")
     if len(set(files)) != len(files) or {MANIFEST_FILE, CHECKPOINT_FILE} & set(files):
         raise ArtifactError(f"{where}: graph files {files} must be distinct and not {MANIFEST_FILE}/{CHECKPOINT_FILE}")

@@ -104,6 +104,17 @@ class TensorSpec:
         return self.role in STATE_ROLES
 
 
+def is_plain_file_name(file: Any) -> bool:
+    """A name of a file directly inside the artifact directory: no folders, no parent, nothing absolute."""
+    return (
+        isinstance(file, str)
+        and file not in ("", ".", "..")
+        and "/" not in file
+        and "\\" not in file
+        and "\0" not in file
+    )
+
+
 def _is_dim(d: Any) -> bool:
     if isinstance(d, str):
         return bool(d)

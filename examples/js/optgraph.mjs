@@ -8,6 +8,9 @@
 
 export const FORMAT = "optgraph-artifact";
 export const VERSION = 1;
+export const MANIFEST_FILE = "manifest.json";
+export const CHECKPOINT_FILE = "checkpoint.safetensors";
+export const SHA256_KEY = "sha256"; // manifest key: {file name: hex sha256} of the graphs and the checkpoint
 
 // safetensors dtype -> [onnxruntime tensor type, typed array]
 const DTYPES = {
@@ -78,6 +81,32 @@ export function sliceRows(ort, tensor, start, end) {
 
 const isData = (spec) => spec.role === "input" || spec.role === "target";
 
+/** A name of a file directly inside the artifact directory: no folders, no parent, nothing absolute. */
+export function isPlainFileName(file) {
+  return typeof file === "string" && file !== "" && file !== "." && file !== ".." && !/[/\\\0]/.test(file);
+}
+
+/**
+ * Check what a reader relies on before it opens any file a manifest names: the format and version,
+ * and graph files that are plain names inside the artifact directory, distinct, and not the manifest
+ * or the checkpoint. Throws an Error that names the offending value.
+ */
+export function checkManifest(manifest) {
+  if (manifest?.format !== FORMAT || manifest.version !== VERSION) {
+    throw new Error(`${MANIFEST_FILE}: expected format ${FORMAT} version ${VERSION}, got ${manifest?.format} version ${manifest?.version}`);
+  }
+  if (typeof manifest.graphs !== "object" || manifest.graphs === null) throw new Error(`${MANIFEST_FILE}: no graphs`);
+  const files = Object.values(manifest.graphs).map((spec) => spec?.file);
+  for (const file of files) {
+    if (!isPlainFileName(file)) {
+      throw new Error(`${MANIFEST_FILE}: file name ${JSON.stringify(file)} must be a plain name inside the artifact directory (no '/', '\\', '..', NUL)`);
+    }
+  }
+  if (new Set(files).size !== files.length || files.includes(MANIFEST_FILE) || files.includes(CHECKPOINT_FILE)) {
+    throw new Error(`${MANIFEST_FILE}: graph files ${JSON.stringify(files)} must be distinct and not ${MANIFEST_FILE}/${CHECKPOINT_FILE}`);
+  }
+}
+
 /** One artifact being trained: the state lives in onnxruntime tensors and is fed from step to step. */
 export class TrainingSession {
   /**
@@ -86,9 +115,7 @@ export class TrainingSession {
    * @param options onnxruntime session options for every graph
    */
   static async create(ort, { manifest, graphs, checkpoint }, options = {}) {
-    if (manifest.format !== FORMAT || manifest.version !== VERSION) {
-      throw new Error(`manifest.json: expected format ${FORMAT} version ${VERSION}, got ${manifest.format} version ${manifest.version}`);
-    }
+    checkManifest(manifest);
     const state = new Map();
     for (const [name, t] of Object.entries(readSafetensors(checkpoint, "checkpoint.safetensors"))) {
       state.set(name, new ort.Tensor(t.type, t.data, t.dims));

@@ -8,13 +8,25 @@
 // dim 0. Batches are taken in order; the schedule advances after every epoch
 // (ReduceLROnPlateau gets the epoch's mean loss). Prints one JSON line per
 // step. --save writes a complete artifact (graphs, manifest, the trained
-// checkpoint) that optgraph.TrainingSession in Python resumes.
+// checkpoint, the manifest's sha256 of each) that optgraph.TrainingSession in
+// Python resumes. The files a manifest names must be plain names inside the
+// artifact directory (checkManifest), so nothing is read or written elsewhere;
+// their sha256, where the manifest lists them, must match.
 
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import ort from "onnxruntime-node";
-import { readSafetensors, sliceRows, TrainingSession } from "../js/optgraph.mjs";
+import {
+  CHECKPOINT_FILE,
+  checkManifest,
+  MANIFEST_FILE,
+  readSafetensors,
+  SHA256_KEY,
+  sliceRows,
+  TrainingSession,
+} from "../js/optgraph.mjs";
 
 const { values: options, positionals } = parseArgs({
   allowPositionals: true,
@@ -35,9 +47,22 @@ const batchSize = Number(options["batch-size"]);
 const epochs = Number(options.epochs);
 const maxSteps = options.steps === undefined ? Infinity : Number(options.steps);
 
-const manifest = JSON.parse(readFileSync(join(artifactDir, "manifest.json"), "utf8"));
-const graphs = Object.fromEntries(Object.entries(manifest.graphs).map(([name, spec]) => [name, readFileSync(join(artifactDir, spec.file))]));
-const checkpoint = readFileSync(join(artifactDir, "checkpoint.safetensors"));
+const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
+/** The bytes of a file of the artifact, checked against the manifest's sha256 where it lists one. */
+function readChecked(manifest, file) {
+  const bytes = readFileSync(join(artifactDir, file));
+  const expected = manifest[SHA256_KEY]?.[file];
+  if (expected !== undefined && sha256(bytes) !== String(expected).toLowerCase()) {
+    throw new Error(`${join(artifactDir, file)}: contents do not match the sha256 in ${MANIFEST_FILE} (corrupt or edited)`);
+  }
+  return bytes;
+}
+
+const manifest = JSON.parse(readFileSync(join(artifactDir, MANIFEST_FILE), "utf8"));
+checkManifest(manifest); // before any file it names is opened
+const graphs = Object.fromEntries(Object.entries(manifest.graphs).map(([name, spec]) => [name, readChecked(manifest, spec.file)]));
+const checkpoint = readChecked(manifest, CHECKPOINT_FILE);
 const sessionOptions = { intraOpNumThreads: Number(options.threads), interOpNumThreads: 1 };
 const session = await TrainingSession.create(ort, { manifest, graphs, checkpoint }, sessionOptions);
 
@@ -65,8 +90,11 @@ training: for (let epoch = 0; epoch < epochs; epoch++) {
 }
 
 if (options.save) {
+  // the graphs as read (and checked), the trained checkpoint, and a manifest whose sha256 lists what was written
+  const files = Object.fromEntries(Object.entries(manifest.graphs).map(([name, spec]) => [spec.file, graphs[name]]));
+  files[CHECKPOINT_FILE] = session.checkpoint();
+  const digests = Object.fromEntries(Object.entries(files).map(([file, bytes]) => [file, sha256(bytes)]));
   mkdirSync(options.save, { recursive: true });
-  for (const spec of Object.values(manifest.graphs)) copyFileSync(join(artifactDir, spec.file), join(options.save, spec.file));
-  writeFileSync(join(options.save, "manifest.json"), JSON.stringify(manifest, null, 1));
-  writeFileSync(join(options.save, "checkpoint.safetensors"), session.checkpoint());
+  for (const [file, bytes] of Object.entries(files)) writeFileSync(join(options.save, file), bytes);
+  writeFileSync(join(options.save, MANIFEST_FILE), JSON.stringify({ ...manifest, [SHA256_KEY]: digests }, null, 1));
 }

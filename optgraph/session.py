@@ -82,9 +82,11 @@ class _StateStore:
         return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), *self.device)
 
     def empty_like(self, name: str) -> ort.OrtValue:
-        # from_numpy, not from_shape_and_type: older bindings allocate only CPU and CUDA memory with the latter
+        # from_numpy, not from_shape_and_type: older bindings allocate only CPU and CUDA memory with the latter.
+        # A fresh array needs no private copy (on CPU the OrtValue keeps it alive).
         current = self.values[name]
-        return self.upload(np.empty(current.shape(), _ORT_TYPES[current.data_type()]))
+        fresh = np.empty(current.shape(), _ORT_TYPES[current.data_type()])
+        return ort.OrtValue.ortvalue_from_numpy(fresh, *self.device)
 
     def info(self, name: str) -> StateInfo:
         value = self.values[name]
@@ -116,10 +118,9 @@ def _inference_session(
     if options.enable_profiling:  # one profile per graph, named after it (the options are shared)
         options.profile_file_prefix = f"{prefix}_{name}"
     try:
-        try:
-            return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
-        except ORT_ERRORS as e:
-            raise ArtifactError(f"{spec.file}: onnxruntime cannot load this graph ({type(e).__name__}: {e})") from None
+        return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
+    except ORT_ERRORS as e:
+        raise ArtifactError(f"{spec.file}: onnxruntime cannot load this graph ({type(e).__name__}: {e})") from None
     finally:
         options.profile_file_prefix = prefix
 

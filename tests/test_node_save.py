@@ -96,3 +96,23 @@ def test_save_never_writes_outside_its_folder_whatever_the_manifest_names(source
         f"manifest.json: file name {json.dumps(bad)} must be a plain name inside the artifact directory" in run.stderr
     )
     assert _files(tmp_path / "dst") == ["escape"]
+
+
+def test_save_does_not_follow_links_or_delete_user_files(source, tmp_path):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"user data")
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved/checkpoint.safetensors").symlink_to(outside)  # a link planted in the target folder
+    run = _train_mjs(source, source / "artifact", tmp_path / "saved")
+    assert run.returncode != 0 and "which saving would delete" in run.stderr
+    (tmp_path / "saved/checkpoint.safetensors").unlink()
+    (tmp_path / "saved/notes.txt").write_text("keep me")
+    run = _train_mjs(source, source / "artifact", tmp_path / "saved")
+    assert run.returncode != 0 and "notes.txt" in run.stderr
+    assert outside.read_bytes() == b"user data" and (tmp_path / "saved/notes.txt").read_text() == "keep me"
+    (tmp_path / "saved/notes.txt").unlink()
+    for _ in range(2):  # an empty folder, then the artifact saved there before: both are replaced
+        run = _train_mjs(source, source / "artifact", tmp_path / "saved")
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.bin", "saved"]
+    optgraph.TrainingSession(tmp_path / "saved", providers=["CPUExecutionProvider"])

@@ -14,8 +14,10 @@
 // their sha256, where the manifest lists them, must match.
 
 import { createHash } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import {
+  lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync,
+} from "node:fs";
+import { basename, dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import ort from "onnxruntime-node";
 import {
@@ -94,7 +96,39 @@ if (options.save) {
   const files = Object.fromEntries(Object.entries(manifest.graphs).map(([name, spec]) => [spec.file, graphs[name]]));
   files[CHECKPOINT_FILE] = session.checkpoint();
   const digests = Object.fromEntries(Object.entries(files).map(([file, bytes]) => [file, sha256(bytes)]));
-  mkdirSync(options.save, { recursive: true });
-  for (const [file, bytes] of Object.entries(files)) writeFileSync(join(options.save, file), bytes);
-  writeFileSync(join(options.save, MANIFEST_FILE), JSON.stringify({ ...manifest, [SHA256_KEY]: digests }, null, 1));
+  files[MANIFEST_FILE] = new TextEncoder().encode(JSON.stringify({ ...manifest, [SHA256_KEY]: digests }, null, 1));
+  saveDirectory(resolve(options.save), files);
+}
+
+// Write a fresh staging folder beside the target and rename it into place: nothing is written through a
+// link already in the target, and only an empty folder or an optgraph artifact (nothing but its own files)
+// is replaced, as optgraph's Python save does.
+function saveDirectory(target, files) {
+  const present = (path) => lstatSync(path, { throwIfNoEntry: false }) !== undefined; // links count, dangling too
+  if (present(target)) {
+    if (lstatSync(target).isSymbolicLink() || !lstatSync(target).isDirectory()) {
+      throw new Error(`${target}: exists and is not a directory; refusing to replace it`);
+    }
+    const entries = readdirSync(target);
+    let known = null;
+    if (entries.includes(MANIFEST_FILE) && lstatSync(join(target, MANIFEST_FILE)).isFile()) {
+      try {
+        const old = JSON.parse(readFileSync(join(target, MANIFEST_FILE), "utf8"));
+        if (old?.format === "optgraph-artifact") {
+          known = new Set([MANIFEST_FILE, CHECKPOINT_FILE, ...Object.values(old.graphs ?? {}).map((g) => g?.file)]);
+        }
+      } catch {}
+    }
+    const foreign = entries.filter((name) => !known?.has(name) || !lstatSync(join(target, name)).isFile());
+    if (entries.length > 0 && foreign.length > 0) {
+      throw new Error(`${target}: holds ${foreign.slice(0, 5).join(", ")}, which saving would delete; choose an empty or new folder`);
+    }
+  }
+  mkdirSync(dirname(target), { recursive: true });
+  const staging = mkdtempSync(join(dirname(target), `.${basename(target)}.tmp-`));
+  for (const [file, bytes] of Object.entries(files)) writeFileSync(join(staging, file), bytes, { flag: "wx" });
+  const old = present(target) ? `${staging}.old` : null;
+  if (old) renameSync(target, old);
+  renameSync(staging, target);
+  if (old) rmSync(old, { recursive: true, force: true });
 }

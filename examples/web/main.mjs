@@ -3,7 +3,7 @@
 // Query parameters fill the form: artifact, data, batch, epochs, steps (a cap);
 // autorun=1 starts at once; report=URL POSTs {losses, lrs, seconds} (or {error}) there at the end.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
-import { readSafetensors, sliceRows, TrainingSession } from "../js/optgraph.mjs";
+import { checkManifest, readSafetensors, sliceRows, TrainingSession } from "../js/optgraph.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = self.crossOriginIsolated ? 0 : 1; // 0: onnxruntime-web picks; threads need isolation
@@ -21,6 +21,7 @@ async function fetchBytes(url) {
 
 async function loadSession(base) {
   const manifest = JSON.parse(new TextDecoder().decode(await fetchBytes(new URL("manifest.json", base))));
+  checkManifest(manifest); // before fetching any file it names
   const graphs = {};
   for (const [name, spec] of Object.entries(manifest.graphs)) graphs[name] = await fetchBytes(new URL(spec.file, base));
   const checkpoint = await fetchBytes(new URL("checkpoint.safetensors", base));

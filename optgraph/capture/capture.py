@@ -185,12 +185,13 @@ def capture(
         grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(trainable, grads)]
         return (loss.detach(), *grads, *buffers.values())
 
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     try:
         stack = contextlib.ExitStack()
         stack.enter_context(traceable_modules(model))
         tracker = stack.enter_context(ModuleTracker(model))
-        model.train()
+        # The train step runs every submodule in the mode it is in, as torch would train it
+        # (a BatchNorm put in eval() keeps its running statistics frozen).
         train = trace_to_onnx(
             train_step, [*inputs, *targets, *param_values, *buffer_values],
             [True] * n_data + [False] * len(state_names), dynamic_batch, "train step", tracker,
@@ -218,7 +219,8 @@ def capture(
         )  # fmt: skip
     finally:
         stack.close()
-        model.train(was_training)
+        for module, training in modes:  # each as it was: model.train(mode) would set them all alike
+            module.training = training
     output_names = ["output"] if n_outputs[0] == 1 else [f"output_{i}" for i in range(n_outputs[0])]
     _name_io(evaluation, [*data_names, *state_names], output_names, "eval forward")
     _set_batch_dims(evaluation, data_names if dynamic_batch else [])

@@ -1,4 +1,14 @@
-"""Checking a batch against a graph's input specs before it reaches onnxruntime. Never imports torch."""
+"""Checking a batch against a graph's input specs before it reaches onnxruntime. Never imports torch.
+
+A batch is refused, with an :class:`~optgraph.errors.InputError` naming the
+input, before anything runs (so the session's state is untouched), when the
+count of arrays, a dtype, a rank or a size is wrong. A value of another
+dtype is converted only where numpy's ``same_kind`` casting allows it
+(float64 -> float32, int32 -> int64, never float -> int), the same way for
+numpy arrays, torch tensors, Python lists and scalars, and only when every
+value survives the conversion (no integer wrap-around, no finite float that
+becomes infinite).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +20,53 @@ from optgraph.artifact import TensorSpec
 from optgraph.errors import InputError
 
 
+def _is_torch_tensor(value) -> bool:
+    return hasattr(value, "detach") and hasattr(value, "numpy")  # without importing torch
+
+
 def _as_array(value, spec: TensorSpec) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor, without importing torch
-        return value.detach().cpu().numpy()
+    """``value`` as an array of ``spec.dtype``, converted only where no value changes kind or is lost."""
     try:
-        return np.asarray(value, dtype=spec.dtype)
-    except (TypeError, ValueError) as e:
+        array = value.detach().cpu().numpy() if _is_torch_tensor(value) else np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:
         raise InputError(
             f"{spec.role} {spec.name!r}: cannot convert {type(value).__name__} to an array ({e})"
         ) from None
+    expected = np.dtype(spec.dtype)
+    if array.dtype == expected:
+        return array
+    if not np.can_cast(array.dtype, expected, casting="same_kind"):
+        raise InputError(
+            f"{spec.role} {spec.name!r}: expected {_describe(spec)}, got dtype {array.dtype}, "
+            f"which does not convert to {expected} without loss (convert it yourself if that is meant)"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, with the value
+        converted = array.astype(expected)
+    _check_conversion(array, converted, spec)
+    return converted
+
+
+def _check_conversion(array: np.ndarray, converted: np.ndarray, spec: TensorSpec) -> None:
+    """Refuse a narrowing conversion that wraps an integer or turns a finite float infinite."""
+    if array.size == 0:
+        return
+    if converted.dtype.kind in "iu" and array.dtype.kind in "iub":
+        info = np.iinfo(converted.dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            value = low if low < info.min else high
+            raise InputError(
+                f"{spec.role} {spec.name!r}: value {value} does not fit in {converted.dtype} "
+                f"({info.min} to {info.max}); expected {_describe(spec)}"
+            )
+    elif converted.dtype.kind == "f" and array.dtype.kind in "fiu":
+        overflow = np.isinf(converted) & np.isfinite(array)
+        if overflow.any():
+            position = tuple(int(i) for i in np.unravel_index(int(np.argmax(overflow)), overflow.shape))
+            raise InputError(
+                f"{spec.role} {spec.name!r}: value {array[position]} at {list(position)} overflows {converted.dtype}; "
+                f"expected {_describe(spec)}"
+            )
 
 
 def _describe(spec: TensorSpec) -> str:
@@ -37,8 +83,6 @@ def check_batch(specs: Sequence[TensorSpec], values: Sequence, what: str) -> dic
     for spec, value in zip(specs, values):
         array = _as_array(value, spec)
         expected = _describe(spec)
-        if str(array.dtype) != spec.dtype:
-            raise InputError(f"{spec.role} {spec.name!r}: expected {expected}, got dtype {array.dtype}")
         if array.ndim != len(spec.shape):
             raise InputError(f"{spec.role} {spec.name!r}: expected {expected}, got shape {list(array.shape)}")
         for dim, size in zip(spec.shape, array.shape):

@@ -149,14 +149,17 @@ def test_sessions_of_one_artifact_are_independent(cnn_artifact):
 
 BAD_BATCHES = {
     "too-few": (lambda x, y: (x,), r"step\(\) takes 2 array\(s\) \(image, target\), got 1"),
-    "float64": (
-        lambda x, y: (x.astype(np.float64), y),
-        r"input 'image': expected float32 array of shape \[batch, 1, 8, 8\], got dtype float64",
+    "float-target": (
+        lambda x, y: (x, y.astype(np.float64)),
+        r"target 'target': expected int64 array of shape \[batch\], got dtype float64, which does not convert",
     ),  # fmt: skip
+    "complex-input": (
+        lambda x, y: (x.astype(np.complex64), y),
+        r"input 'image': expected float32 .* got dtype complex64",
+    ),
     "rank": (lambda x, y: (x[:, 0], y), r"input 'image': expected .* got shape \[4, 8, 8\]"),
     "fixed-dim": (lambda x, y: (x[:, :, :7], y), r"input 'image': expected .* got shape \[4, 1, 7, 8\]"),
     "batch-mismatch": (lambda x, y: (x, y[:3]), r"target 'target': dimension 'batch' is 3, but 4 in 'image'"),
-    "target-dtype": (lambda x, y: (x, y.astype(np.int32)), r"target 'target': expected int64"),
 }
 
 

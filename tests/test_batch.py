@@ -1,0 +1,88 @@
+"""check_batch: dtype conversion by numpy's same_kind rule, alike for every form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from optgraph.artifact import TensorSpec
+from optgraph.batch import check_batch
+from optgraph.errors import InputError
+
+DTYPES = ["bool", "uint8", "int8", "int32", "int64", "uint64", "float16", "float32", "float64", "complex64"]
+
+
+def _spec(dtype: str, shape=("batch",), name="x", role="input", **meta) -> TensorSpec:
+    return TensorSpec(name, role, dtype, list(shape), meta=meta)
+
+
+def _forms(array: np.ndarray):
+    """The same values as a numpy array, a torch tensor and (where it keeps the dtype) a Python list."""
+    yield "numpy", array
+    if array.dtype != np.uint64:
+        yield "torch", torch.from_numpy(array.copy())
+    if np.asarray(array.tolist()).dtype == array.dtype:
+        yield "list", array.tolist()
+
+
+@pytest.mark.parametrize("expected", DTYPES)
+@pytest.mark.parametrize("given", DTYPES)
+def test_conversion_follows_same_kind_for_every_form(given, expected):
+    array = np.array([0, 1, 1, 0, 1]).astype(given)
+    spec = _spec(expected)
+    for form, value in _forms(array):
+        if np.can_cast(given, expected, casting="same_kind"):
+            converted = check_batch([spec], [value], "step()")["x"]
+            assert converted.dtype == np.dtype(expected), form
+            np.testing.assert_array_equal(converted, array.astype(expected), err_msg=form)
+        else:
+            message = rf"input 'x': expected {expected} array of shape \[batch\], got dtype {given}, which does not"
+            with pytest.raises(InputError, match=message):
+                check_batch([spec], [value], "step()")
+
+
+def test_float_list_is_no_longer_truncated_to_int():
+    spec = _spec("int64", role="target", name="target")
+    message = (
+        r"target 'target': expected int64 array of shape \[batch\], got dtype float(64|32), which does not convert"
+    )
+    for value in ([0.0, 1.7, 2.2], np.array([0.0, 1.7, 2.2]), torch.tensor([0.0, 1.7, 2.2])):
+        with pytest.raises(InputError, match=message):
+            check_batch([spec], [value], "step()")
+
+
+def test_scalars_convert_like_arrays():
+    assert check_batch([_spec("float32", shape=())], [2.5], "step()")["x"].dtype == np.float32
+    assert check_batch([_spec("int64", shape=())], [3], "step()")["x"] == 3
+    with pytest.raises(InputError, match=r"got dtype float64"):
+        check_batch([_spec("int64", shape=())], [3.0], "step()")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected", "message"),
+    [
+        (np.array([1, 2**40]), "int32", r"input 'x': value 1099511627776 does not fit in int32"),
+        (np.array([-1, 300]), "int8", r"input 'x': value 300 does not fit in int8 \(-128 to 127\)"),
+        (np.array([2**63], dtype=np.uint64), "int64", r"value 9223372036854775808 does not fit in int64"),
+        (np.array([1.0, 1e300]), "float32", r"input 'x': value 1e\+300 at \[1\] overflows float32"),
+        (torch.tensor([1.0, 7e4]), "float16", r"value 70000.0 at \[1\] overflows float16"),
+    ],
+    ids=["int64-wraps-int32", "int64-wraps-int8", "uint64-to-int64", "float64-overflows", "float32-overflows"],
+)
+def test_narrowing_that_loses_values_is_refused(given, expected, message):
+    with pytest.raises(InputError, match=message):
+        check_batch([_spec(expected)], [given], "step()")
+
+
+def test_non_finite_floats_pass_conversion():
+    """NaN and inf are the train step's business (NonFiniteError), not a conversion loss."""
+    converted = check_batch([_spec("float32")], [np.array([np.nan, np.inf, 1.0])], "step()")["x"]
+    assert np.isnan(converted[0]) and np.isinf(converted[1])
+
+
+def test_unconvertible_values_are_refused():
+    with pytest.raises(InputError, match=r"input 'x': cannot convert list to an array"):
+        check_batch([_spec("float32")], [[[1.0], [2.0, 3.0]]], "step()")
+    with pytest.raises(InputError, match=r"got dtype <U1"):
+        check_batch([_spec("float32")], [["a", "b"]], "step()")

@@ -11,6 +11,7 @@ import numpy as np
 from optgraph import lr_scheduler as schedules
 from optgraph import optim
 from optgraph.artifact import Artifact, GraphSpec, Manifest, TensorSpec
+from optgraph.batch import INDEX_RANGE
 from optgraph.rewrite.state import NEXT
 
 if TYPE_CHECKING:
@@ -118,7 +119,13 @@ def build_artifact(
     meta |= {n: t.meta for n, t in new_state.items()}
 
     models = {"train_step": train, "scheduler_step": scheduler, "eval": captured.eval}
-    graphs = {name: _graph_spec(GRAPH_FILES[name], m, roles, meta) for name, m in models.items()}
+    ranges = {"train_step": captured.train_index_ranges, "eval": captured.eval_index_ranges}
+    graphs = {
+        name: _graph_spec(
+            GRAPH_FILES[name], m, roles, meta | {n: {INDEX_RANGE: r.to_json()} for n, r in ranges.get(name, {}).items()}
+        )
+        for name, m in models.items()
+    }
     state = dict(captured.state) | {n: np.asarray(t.init) for n, t in new_state.items()}
     extra = {
         "data_inputs": captured.data_names,

@@ -1,4 +1,4 @@
-"""check_batch: dtype conversion by numpy's same_kind rule, alike for every form."""
+"""check_batch: dtype conversion by numpy's same_kind rule, alike for every form, and index ranges."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from optgraph.artifact import TensorSpec
-from optgraph.batch import check_batch
-from optgraph.errors import InputError
+from optgraph.batch import INDEX_RANGE, IndexRange, check_batch
+from optgraph.errors import ArtifactError, InputError
 
 DTYPES = ["bool", "uint8", "int8", "int32", "int64", "uint64", "float16", "float32", "float64", "complex64"]
 
@@ -86,3 +86,48 @@ def test_unconvertible_values_are_refused():
         check_batch([_spec("float32")], [[[1.0], [2.0, 3.0]]], "step()")
     with pytest.raises(InputError, match=r"got dtype <U1"):
         check_batch([_spec("float32")], [["a", "b"]], "step()")
+
+
+RANGE = IndexRange(0, 10, (-100,))
+
+
+def _ranged(record: IndexRange, shape=("batch",)) -> TensorSpec:
+    return _spec("int64", shape=shape, name="target", role="target", **{INDEX_RANGE: record.to_json()})
+
+
+def test_index_range_accepts_range_and_also_values():
+    arrays = check_batch([_ranged(RANGE)], [np.array([0, 9, -100, 3])], "step()")
+    np.testing.assert_array_equal(arrays["target"], [0, 9, -100, 3])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([0, -1, 3], r"target 'target': value -1 at index \[1\] is out of range; expected 0 <= value < 10 or one of \[-100\]$"),
+        ([10, 2, 11], r"value 10 at index \[0\] is out of range; .* \(2 values are out of range\)"),
+        ([-99, 2], r"value -99 at index \[0\]"),
+    ],
+    ids=["negative", "two-too-high", "near-ignore-index"],
+)  # fmt: skip
+def test_index_range_refuses_other_values(values, message):
+    with pytest.raises(InputError, match=message):
+        check_batch([_ranged(RANGE)], [np.array(values)], "step()")
+
+
+def test_index_range_on_a_region_checks_only_that_part():
+    record = IndexRange(0, 5, (), (None, range(1, 4, 2)))  # columns 1 and 3
+    spec = _ranged(record, shape=("batch", 5))
+    ok = np.array([[-7, 0, 99, 4, -1], [8, 1, 8, 2, 8]])
+    check_batch([spec], [ok], "step()")
+    bad = ok.copy()
+    bad[1, 3] = 5
+    with pytest.raises(InputError, match=r"value 5 at index \[1, 3\] is out of range; expected 0 <= value < 5$"):
+        check_batch([spec], [bad], "step()")
+
+
+def test_index_range_json_round_trip_and_malformed():
+    record = IndexRange(-3, 3, (7, 9), (range(2, 3), None))
+    assert IndexRange.from_json(record.to_json(), "input 'x'") == record
+    assert RANGE.to_json() == {"low": 0, "high": 10, "also": [-100]}
+    with pytest.raises(ArtifactError, match=r"input 'x' has an invalid index_range"):
+        IndexRange.from_json({"low": 0}, "input 'x'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -13,6 +13,7 @@ import torch
 from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
+from optgraph.batch import IndexRange
 from optgraph.capture.diagnostics import ModuleTracker
 from optgraph.capture.patches import traceable_modules
 from optgraph.capture.trace import BATCH_DIM, trace_to_onnx
@@ -32,6 +33,9 @@ class Captured:
             ``output_0``, ``output_1``, ...
         state: initial value of every parameter and buffer, by torch name.
         aliases: second names of shared tensors (tied weights) -> the name used in the graphs.
+        train_index_ranges: input or target name -> the values it may hold in the train step,
+            for those that index something (class targets, token ids).
+        eval_index_ranges: the same for the inputs of the eval forward.
     """
 
     train: ir.Model
@@ -46,6 +50,8 @@ class Captured:
     state: dict[str, np.ndarray]
     dynamic_batch: bool
     aliases: dict[str, str]
+    train_index_ranges: dict[str, IndexRange] = field(default_factory=dict)
+    eval_index_ranges: dict[str, IndexRange] = field(default_factory=dict)
 
 
 def _as_tensor_tuple(values, what: str) -> tuple[torch.Tensor, ...]:
@@ -192,7 +198,7 @@ def capture(
         tracker = stack.enter_context(ModuleTracker(model))
         # The train step runs every submodule in the mode it is in, as torch would train it
         # (a BatchNorm put in eval() keeps its running statistics frozen).
-        train = trace_to_onnx(
+        train, train_ranges = trace_to_onnx(
             train_step, [*inputs, *targets, *param_values, *buffer_values],
             [True] * n_data + [False] * len(state_names), dynamic_batch, "train step", tracker,
         )  # fmt: skip
@@ -213,7 +219,7 @@ def capture(
             return tuple(leaves)
 
         model.eval()
-        evaluation = trace_to_onnx(
+        evaluation, eval_ranges = trace_to_onnx(
             eval_forward, [*inputs, *param_values, *buffer_values],
             [True] * len(inputs) + [False] * len(state_names), dynamic_batch, "eval forward", tracker,
         )  # fmt: skip
@@ -230,4 +236,6 @@ def capture(
         train=train, eval=evaluation, data_names=data_names, target_names=tnames, trainable=trainable,
         frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=output_names, state=state,
         dynamic_batch=bool(dynamic_batch), aliases=aliases,
+        train_index_ranges={[*data_names, *tnames][i]: r for i, r in train_ranges.items()},
+        eval_index_ranges={data_names[i]: r for i, r in eval_ranges.items()},
     )  # fmt: skip

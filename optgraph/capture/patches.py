@@ -6,6 +6,10 @@
 - ``F.interpolate`` (nearest, linear, bilinear, trilinear): torch's C++
   composite reads concrete sizes and pins the batch; here it runs torch's
   own Python decomposition, which traces symbolically.
+- ``F.one_hot``: torch's decomposition compares with an ``arange``, which
+  takes any value silently; here it is torch's own kernel, a ``scatter``
+  of ones, whose index range the compiled artifact then checks as torch
+  does (see :mod:`optgraph.capture.index_ranges`).
 - ``LSTM`` / ``GRU`` / ``RNN``: torch's fused kernels read the batch size as
   a concrete integer, which pins the batch dimension; here the recurrence is
   written out in tensor ops (unrolled over time, the input projection done
@@ -148,6 +152,16 @@ def _traceable_interpolate(original):
     return interpolate
 
 
+def _checked_one_hot(original):
+    def one_hot(tensor, num_classes=-1):
+        if num_classes < 0 or tensor.dtype != torch.int64:
+            return original(tensor, num_classes)  # torch's checks and messages
+        zeros = tensor.new_zeros((*tensor.shape, num_classes))
+        return zeros.scatter(-1, tensor.unsqueeze(-1), 1)
+
+    return one_hot
+
+
 @contextlib.contextmanager
 def traceable_modules(model: nn.Module) -> Iterator[None]:
     """Install traceable forwards on the modules that need them, for the duration of a trace."""
@@ -159,11 +173,12 @@ def traceable_modules(model: nn.Module) -> Iterator[None]:
         elif isinstance(module, nn.RNNBase):
             module.forward = types.MethodType(_unrolled_rnn, module)
             patched.append(module)
-    original_interpolate = F.interpolate
+    original_interpolate, original_one_hot = F.interpolate, F.one_hot
     F.interpolate = _traceable_interpolate(original_interpolate)
+    F.one_hot = _checked_one_hot(original_one_hot)
     try:
         yield
     finally:
-        F.interpolate = original_interpolate
+        F.interpolate, F.one_hot = original_interpolate, original_one_hot
         for module in patched:
             del module.forward

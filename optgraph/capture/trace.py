@@ -4,7 +4,9 @@
 decompositions of :mod:`optgraph.capture.decompositions`, traced on fake
 tensors whose only symbolic dimension is dim 0 of the data (a concrete batch
 would bake ``1/batch`` into mean reductions), then ``torch.export`` and the
-dynamo ONNX exporter, which returns an onnx-ir model.
+dynamo ONNX exporter, which returns an onnx-ir model. The ``make_fx`` graph
+also tells which values the integer inputs may hold
+(:mod:`optgraph.capture.index_ranges`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,22 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
+from optgraph.batch import IndexRange
 from optgraph.capture.decompositions import train_decompositions
 from optgraph.capture.diagnostics import ModuleTracker
+from optgraph.capture.index_ranges import index_ranges
 from optgraph.capture.translations import custom_translations, onnx_registry
 from optgraph.errors import CaptureError
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 BATCH_DIM = "batch"
 
@@ -165,7 +173,7 @@ def trace_to_onnx(
     dynamic_batch: bool,
     what: str,
     tracker: ModuleTracker,
-):
+) -> tuple[ir.Model, dict[int, IndexRange]]:
     """Trace ``fn(*args)`` and export it to an onnx-ir model.
 
     Args:
@@ -175,6 +183,9 @@ def trace_to_onnx(
         dynamic_batch: make the batch dimension symbolic.
         what: a short description for error messages ("train step", "eval forward").
         tracker: the active module tracker, which explains failures.
+
+    Returns:
+        The model, and the valid values of each batched arg that indexes something, by position.
     """
     dynamic = [dynamic_batch and flag and a.dim() > 0 for a, flag in zip(args, batched)]
     args = [_trace_size(a) if d else a for a, d in zip(args, dynamic)]
@@ -190,6 +201,7 @@ def trace_to_onnx(
             fakes = [fake(a, d) for a, d in zip(args, dynamic)]
             with fake_mode:
                 graph_module = make_fx(fn, decomposition_table=train_decompositions(), tracing_mode="fake")(*fakes)
+            ranges = index_ranges(graph_module, sum(batched))
             _make_exportable(graph_module)
             functional = _functionalize_inplace(graph_module)
         except CaptureError:
@@ -205,7 +217,7 @@ def trace_to_onnx(
             raise CaptureError(f"could not export the traced {what}{hint}: {type(e).__name__}: {e}") from e
         if functional and _all_translatable(exported):
             try:
-                return _translate_decomposed(exported)
+                return _translate_decomposed(exported), ranges
             except Exception:  # noqa: BLE001 - take the exporter's full path
                 exported = torch.export.export(graph_module, tuple(args), dynamic_shapes=shapes, strict=False)
         try:
@@ -214,7 +226,7 @@ def trace_to_onnx(
             )
         except Exception as e:  # noqa: BLE001
             raise tracker.error(f"{what} (no ONNX translation)", _root_cause(e)) from e
-    return program.model
+    return program.model, ranges
 
 
 def _all_translatable(exported: torch.export.ExportedProgram) -> bool:

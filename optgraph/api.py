@@ -103,7 +103,7 @@ def build_artifact(
     if accumulate is not None:
         gated = set(captured.trainable) | {t.name for t in attach.new_state if t.role in ("optim_state", "counter")}
         GateOnUpdate(accumulate.is_update, gated)(train)
-    SkipNonFinite(attach.gradients)(train)
+    SkipNonFinite(attach.gradients, captured.updated_buffers)(train)
     opset = train.opset_imports[""]
     scheduler, schedule_state = build_scheduler_step(schedule, groups, opset, train.ir_version)
 

@@ -238,8 +238,9 @@ class TrainingSession:
         loss = float(results[self._loss_index])
         if self._applied_index is not None and not bool(results[self._applied_index]):
             raise NonFiniteError(
-                f"step skipped: the loss ({loss}) or a gradient is not finite; parameters, buffers, "
-                "optimizer state and counters are unchanged and the session can go on"
+                f"step skipped: the loss ({loss}), a gradient or a new buffer value (BatchNorm statistics of a "
+                "single value per channel, for one) is not finite; parameters, buffers, optimizer state and "
+                "counters are unchanged and the session can go on"
             )
         return loss
 

@@ -1,4 +1,4 @@
-"""Pass: apply a step only when the loss and every gradient are finite.
+"""Pass: apply a step only when the loss, every gradient and every new buffer value are finite.
 
 The nodes that compute the next state and nothing else (the optimizer
 update, running statistics, counters) move into the ``then`` branch of an
@@ -7,7 +7,10 @@ NaN or infinite batch leaves parameters, buffers, optimizer state and
 counters bit-identical, the bool output ``update_applied`` says which
 happened, and a finite step pays nothing for the guard (a ``Where`` per
 state tensor cost a fifth of an MLP step). torch would apply the NaN update;
-this is optgraph's one deliberate difference.
+this is optgraph's one deliberate difference. New buffer values are watched
+too: a BatchNorm that sees one value per channel (batch 1 of a ``(N, C)``
+input) would write NaN into ``running_var`` with a finite loss, where torch
+raises.
 """
 
 from __future__ import annotations
@@ -23,20 +26,28 @@ UPDATE_APPLIED = "update_applied"
 
 
 class SkipNonFinite(ir.passes.InPlacePass):
-    """Guard every state update of a train-step graph by the finiteness of the loss and gradients."""
+    """Guard every state update of a train-step graph by the finiteness of the loss, gradients and new buffers.
 
-    def __init__(self, gradients: Iterable[ir.Value]) -> None:
+    Args:
+        gradients: the gradient values.
+        buffers: names of the buffers the forward updates; their ``<name>.next`` outputs are checked too.
+    """
+
+    def __init__(self, gradients: Iterable[ir.Value], buffers: Iterable[str] = ()) -> None:
         super().__init__()
         self.gradients = list(gradients)
+        self.buffers = list(buffers)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         b = GraphBuilder(graph)
         inputs = {v.name: v for v in graph.inputs}
         loss = next(v for v in graph.outputs if v.name == "loss")
+        new_buffers = [v for v in graph.outputs if v.name in {name + NEXT for name in self.buffers}]
+        watched = self.gradients + [v for v in new_buffers if v.dtype.is_floating_point()]
         with b.scope("skip_non_finite"):
-            # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per gradient
-            probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in self.gradients]
+            # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per watched tensor
+            probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in watched]
             probes = [b.cast(p, loss.dtype) for p in probes]
             total = b.op("Mul", loss, b.const(0.0, loss.dtype))
             for probe in probes:

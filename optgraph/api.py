@@ -11,7 +11,7 @@ import numpy as np
 from optgraph import lr_scheduler as schedules
 from optgraph import optim
 from optgraph.artifact import Artifact, GraphSpec, Manifest, TensorSpec
-from optgraph.batch import INDEX_RANGE
+from optgraph.artifact.index_range import INDEX_RANGE
 from optgraph.rewrite.state import NEXT
 
 if TYPE_CHECKING:

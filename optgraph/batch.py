@@ -17,72 +17,11 @@ input, before anything runs (so the session's state is untouched), when:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from optgraph.artifact import TensorSpec
-from optgraph.errors import ArtifactError, InputError
-
-INDEX_RANGE = "index_range"
-"""The key of an input's :class:`IndexRange` in its ``TensorSpec.meta`` (and in ``manifest.json``)."""
-
-
-@dataclass(frozen=True)
-class IndexRange:
-    """The values an integer input may hold: ``low <= value < high``, or one of ``also``.
-
-    Attributes:
-        low: the smallest valid value (``-size`` where negative indices count from the end).
-        high: one past the largest valid value (a class count, an embedding table's rows).
-        also: values valid outside the range because the graph masks them out (``ignore_index``).
-        region: the part of the input the range applies to, one ``range`` per dimension
-            (None: the whole dimension); None when it applies to the whole input.
-    """
-
-    low: int
-    high: int
-    also: tuple[int, ...] = ()
-    region: tuple[range | None, ...] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"low": self.low, "high": self.high, "also": list(self.also)}
-        if self.region is not None:
-            out["region"] = [None if r is None else [r.start, r.stop, r.step] for r in self.region]
-        return out
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> IndexRange:
-        try:
-            low, high, also = int(data["low"]), int(data["high"]), tuple(int(v) for v in data.get("also", ()))
-            region = data.get("region")
-            if region is not None:
-                region = tuple(None if r is None else range(*(int(v) for v in r)) for r in region)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ArtifactError(f"manifest.json: {where} has an invalid {INDEX_RANGE} {data!r} ({e})") from None
-        return cls(low, high, also, region)
-
-    def describe(self) -> str:
-        valid = f"{self.low} <= value < {self.high}"
-        return valid + (f" or one of {list(self.also)}" if self.also else "")
-
-    def first_violation(self, array: np.ndarray) -> tuple[tuple[int, ...], int, int] | None:
-        """``(position, value, count)`` of the first value out of range, or None when all are valid."""
-        if self.region is not None:
-            if len(self.region) != array.ndim:
-                return None
-            array = array[tuple(slice(None) if r is None else slice(r.start, r.stop, r.step) for r in self.region)]
-        bad = (array < self.low) | (array >= self.high)
-        if self.also:
-            bad &= ~np.isin(array, self.also)
-        if not bad.any():
-            return None
-        position = np.unravel_index(int(np.argmax(bad)), bad.shape)
-        value = int(array[position])
-        if self.region is not None:  # back to the coordinates of the whole input
-            position = tuple(i if r is None else r[i] for i, r in zip(position, self.region))
-        return tuple(int(i) for i in position), value, int(bad.sum())
+from optgraph.errors import InputError
 
 
 def _is_torch_tensor(value) -> bool:
@@ -139,10 +78,9 @@ def _describe(spec: TensorSpec) -> str:
 
 
 def _check_index_range(spec: TensorSpec, array: np.ndarray) -> None:
-    data = spec.meta.get(INDEX_RANGE)
-    if data is None:
+    valid = spec.index_range
+    if valid is None:
         return
-    valid = IndexRange.from_json(data, f"input {spec.name!r}")
     violation = valid.first_violation(array)
     if violation is not None:
         position, value, count = violation

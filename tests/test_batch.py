@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from optgraph.artifact import TensorSpec
-from optgraph.batch import INDEX_RANGE, IndexRange, check_batch
+from optgraph.artifact.index_range import INDEX_RANGE, IndexRange
+from optgraph.batch import check_batch
 from optgraph.errors import ArtifactError, InputError
 
 DTYPES = ["bool", "uint8", "int8", "int32", "int64", "uint64", "float16", "float32", "float64", "complex64"]

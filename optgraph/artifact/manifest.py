@@ -9,10 +9,12 @@ Schema (documented in docs/artifact-format.md)::
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from optgraph.artifact.index_range import INDEX_RANGE, IndexRange
 from optgraph.errors import ArtifactError
 
 FORMAT_NAME = "optgraph-artifact"
@@ -97,7 +99,16 @@ class TensorSpec:
         if feeds is not None and not isinstance(feeds, str):
             raise ArtifactError(f"manifest.json: {where} ({name!r}) has an invalid 'feeds' {feeds!r}")
         meta = {k: v for k, v in data.items() if k not in ("name", "role", "dtype", "shape", "feeds")}
-        return cls(name, role, dtype, list(shape), feeds, meta)
+        spec = cls(name, role, dtype, list(shape), feeds, meta)
+        if spec.index_range is not None and (spec.is_state or not dtype.startswith(("int", "uint"))):
+            raise ArtifactError(f"manifest.json: {where} ({name!r}) has an {INDEX_RANGE} but is not an integer input")
+        return spec
+
+    @functools.cached_property
+    def index_range(self) -> IndexRange | None:
+        """The values this integer input may hold (parsed once; None when unchecked)."""
+        data = self.meta.get(INDEX_RANGE)
+        return None if data is None else IndexRange.from_json(data, f"input {self.name!r}")
 
     @property
     def is_state(self) -> bool:

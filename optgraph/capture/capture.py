@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
-from optgraph.batch import IndexRange
+from optgraph.artifact.index_range import IndexRange
 from optgraph.capture.diagnostics import ModuleTracker
 from optgraph.capture.patches import traceable_modules
 from optgraph.capture.trace import BATCH_DIM, trace_to_onnx

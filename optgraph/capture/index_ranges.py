@@ -13,7 +13,7 @@ an ``ignore_index``, the value ``c`` never reaches the op and is allowed
 as well. ``select`` and ``slice`` on the input itself narrow the range to
 that part of the input.
 
-All sites on one input combine into one :class:`~optgraph.batch.IndexRange`
+All sites on one input combine into one :class:`~optgraph.artifact.index_range.IndexRange`
 (the intersection: a value is valid only if every site accepts it), which
 the session checks before each step. The record only ever refuses what
 torch would refuse: a site whose operand cannot be traced, or whose size is
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from optgraph.batch import IndexRange
+from optgraph.artifact.index_range import IndexRange
 
 _INT64_MAX = 2**63 - 1
 
@@ -345,7 +345,7 @@ def _combine(sites: list[_Site]) -> IndexRange | None:
 
 
 def index_ranges(graph_module: torch.fx.GraphModule, count: int) -> dict[int, IndexRange]:
-    """The :class:`~optgraph.batch.IndexRange` of each of the first ``count`` inputs that indexes something.
+    """The :class:`~optgraph.artifact.index_range.IndexRange` of each of the first ``count`` inputs that indexes something.
 
     Args:
         graph_module: a ``make_fx`` graph of ATen ops.

@@ -18,7 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
-from optgraph.batch import IndexRange
+from optgraph.artifact.index_range import IndexRange
 from optgraph.capture.decompositions import train_decompositions
 from optgraph.capture.index_ranges import index_ranges
 from optgraph.capture.patches import traceable_modules

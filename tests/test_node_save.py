@@ -116,3 +116,17 @@ def test_save_does_not_follow_links_or_delete_user_files(source, tmp_path):
         assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.bin", "saved"]
     optgraph.TrainingSession(tmp_path / "saved", providers=["CPUExecutionProvider"])
+
+
+def test_node_refuses_labels_out_of_range_before_the_step(source, tmp_path):
+    x, y = make_batch("mlp", BATCH, torch.Generator().manual_seed(2))
+    labels = y.numpy().copy()
+    labels[1] = 7  # the MLP has 4 classes
+    save_file({"features": x.numpy(), "target": labels}, str(tmp_path / "bad.safetensors"))
+    command = [
+        node(), str(EXAMPLES / "node/train.mjs"), str(source / "artifact"), str(tmp_path / "bad.safetensors"),
+        "--batch-size", str(BATCH),
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "target 'target': value 7 at flat index 1 is out of range; expected 0 <= value < 4" in run.stderr

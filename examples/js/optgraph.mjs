@@ -82,6 +82,24 @@ export function sliceRows(ort, tensor, start, end) {
 const isData = (spec) => spec.role === "input" || spec.role === "target";
 
 /** A name of a file directly inside the artifact directory: no folders, no parent, nothing absolute. */
+/**
+ * Refuse an integer input holding a value outside its manifest `index_range` (a class index or token id
+ * the graph would read out of bounds), before anything runs. Only whole-input ranges are checked here;
+ * optgraph's Python session also checks ranges limited to a `region`.
+ */
+function checkIndexRange(input, tensor) {
+  const { low, high, also = [], region } = input.index_range;
+  if (region) return;
+  const values = tensor.data;
+  for (let i = 0; i < values.length; i++) {
+    const value = Number(values[i]);
+    if ((value < low || value >= high) && !also.includes(value)) {
+      const extra = also.length ? ` or one of ${JSON.stringify(also)}` : "";
+      throw new Error(`${input.role} '${input.name}': value ${value} at flat index ${i} is out of range; expected ${low} <= value < ${high}${extra}`);
+    }
+  }
+}
+
 export function isPlainFileName(file) {
   return typeof file === "string" && file !== "" && file !== "." && file !== ".." && !/[/\\\0]/.test(file);
 }
@@ -149,6 +167,7 @@ export class TrainingSession {
     for (const input of spec.inputs) {
       feeds[input.name] = isData(input) ? data[input.name] : this.state.get(input.name);
       if (feeds[input.name] === undefined) throw new Error(`${graph}: no value given for ${input.role} '${input.name}'`);
+      if (input.index_range) checkIndexRange(input, feeds[input.name]);
     }
     const results = await this.sessions[graph].run(feeds);
     for (const output of spec.outputs) {
@@ -162,7 +181,7 @@ export class TrainingSession {
     const results = await this.#run("train_step", batch);
     const loss = Number(results.loss.data[0]);
     if (results.update_applied && !results.update_applied.data[0]) {
-      throw new Error(`step skipped: the loss (${loss}) or a gradient is not finite; the state is unchanged`);
+      throw new Error(`step skipped: the loss (${loss}), a gradient or a new buffer value is not finite; the state is unchanged`);
     }
     return loss;
   }

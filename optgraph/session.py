@@ -302,7 +302,7 @@ class TrainingSession:
         steps = int(self._store.read(STEP_COUNTER))
         if steps == 0:
             return {}
-        has_step = self._artifact.manifest.extra["optimizer"].get("state_has_step", False)
+        has_step = self._artifact.manifest.extra.get("optimizer", {}).get("state_has_step", False)
         state: dict[str, dict[str, np.ndarray]] = {}
         for t in self._specs("param"):
             if t.meta.get("trainable") and has_step:

@@ -136,6 +136,9 @@ def check_graph(path: Path, data: bytes, spec: GraphSpec) -> None:
         model = onnx.load_from_string(data)  # from bytes: external data is never loaded
     except Exception as e:  # noqa: BLE001 - protobuf raises several types
         raise ArtifactError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    field = _non_utf8_text(model)
+    if field is not None:  # onnxruntime would fail on it with an undecodable message
+        raise ArtifactError(f"{path}: the graph's {field} holds text that is not UTF-8")
     for tensor in _all_tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             where = next((entry.value for entry in tensor.external_data if entry.key == "location"), "?")
@@ -148,9 +151,6 @@ def check_graph(path: Path, data: bytes, spec: GraphSpec) -> None:
 
 
 def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list[TensorSpec]) -> None:
-    for value in values:
-        if not isinstance(value.name, str):  # protobuf hands out bytes for a name that is not UTF-8
-            raise ArtifactError(f"{path}: a graph {kind} has a name that is not UTF-8 ({value.name[:40]!r})")
     graph_names = sorted(v.name for v in values)
     if graph_names != sorted(t.name for t in specs):
         missing = sorted({t.name for t in specs} - set(graph_names))
@@ -175,6 +175,22 @@ def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list
                 raise ArtifactError(
                     f"{path}: {kind} {value.name!r} has shape {shape} in the graph, manifest.json says {spec.shape}"
                 )
+
+
+def _non_utf8_text(message) -> str | None:
+    """The first string field of a protobuf message tree that is not valid UTF-8 (protobuf hands it out as bytes)."""
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        values = value if repeated else [value]
+        if field.type == field.TYPE_STRING:
+            if not all(isinstance(v, str) for v in values):
+                return f"{type(message).__name__}.{field.name}"
+        elif field.type == field.TYPE_MESSAGE:
+            for item in values:
+                found = _non_utf8_text(item)
+                if found is not None:
+                    return found
+    return None
 
 
 def _value_type(value: onnx.ValueInfoProto) -> tuple[str | None, list[int | str | None] | None]:

@@ -132,3 +132,11 @@ def test_index_range_json_round_trip_and_malformed():
     assert RANGE.to_json() == {"low": 0, "high": 10, "also": [-100]}
     with pytest.raises(ArtifactError, match=r"input 'x' has an invalid index_range"):
         IndexRange.from_json({"low": 0}, "input 'x'")
+    for malformed in (
+        {"low": 4, "high": 4},
+        {"low": 0, "high": True},
+        {"low": 0.0, "high": 3},
+        {"low": 0, "high": 3, "also": "x"},
+    ):
+        with pytest.raises(ArtifactError, match=r"input 'x' has an invalid index_range"):
+            IndexRange.from_json(malformed, "input 'x'")

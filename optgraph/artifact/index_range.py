@@ -44,6 +44,8 @@ class IndexRange:
             region = data.get("region")
             if region is not None:
                 region = tuple(None if r is None else range(*(_integer(v) for v in r)) for r in region)
+            if low >= high:
+                raise ValueError(f"the range [{low}, {high}) is empty")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError(f"manifest.json: {where} has an invalid {INDEX_RANGE} {data!r} ({e})") from None
         return cls(low, high, also, region)

@@ -233,7 +233,7 @@ class TrainingSession:
     def step(self, *batch) -> float:
         """One optimizer step on ``(*inputs, *targets)``; returns the loss."""
         runner = self._runners["train_step"]
-        arrays = check_batch(runner.batch_inputs, batch, "step()")
+        arrays = check_batch(runner.batch_inputs, batch, "step()", self.manifest.symbols)
         results = runner.run(self._store, arrays)
         loss = float(results[self._loss_index])
         if self._applied_index is not None and not bool(results[self._applied_index]):
@@ -266,7 +266,7 @@ class TrainingSession:
     def eval(self, *inputs):
         """The model's forward pass in eval mode; one array, or a tuple for several outputs."""
         runner = self._runners["eval"]
-        arrays = check_batch(runner.batch_inputs, inputs, "eval()")
+        arrays = check_batch(runner.batch_inputs, inputs, "eval()", self.manifest.symbols)
         outputs = runner.run(self._store, arrays)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 

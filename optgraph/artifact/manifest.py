@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from optgraph.artifact.dims import SYMBOLS, DimExpr, DimSyntaxError, SymbolBounds, parse_dim, parse_symbols
 from optgraph.artifact.index_range import INDEX_RANGE, IndexRange
 from optgraph.errors import ArtifactError
 
@@ -57,7 +58,8 @@ class TensorSpec:
         name: the graph's name for it; for state, also its checkpoint name.
         role: one of ``ROLES``.
         dtype: numpy-style dtype name.
-        shape: ints, or strings for symbolic dimensions (``"batch"``).
+        shape: ints, or strings for symbolic dimensions: a symbol (``"batch"``) or an expression
+            of symbols (``"batch*seq"``), see :mod:`optgraph.artifact.dims`.
         feeds: for a state output, the state input it becomes on the next call.
         meta: extra keys (``trainable``, ``param``, ``slot``).
     """
@@ -95,6 +97,14 @@ class TensorSpec:
                 f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}; "
                 "expected a list of non-negative ints and symbol names"
             )
+        for d in shape:
+            if isinstance(d, str):
+                try:
+                    parse_dim(d)
+                except DimSyntaxError as e:
+                    raise ArtifactError(
+                        f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}: {e}"
+                    ) from None
         feeds = data.get("feeds")
         if feeds is not None and not isinstance(feeds, str):
             raise ArtifactError(f"manifest.json: {where} ({name!r}) has an invalid 'feeds' {feeds!r}")
@@ -109,6 +119,11 @@ class TensorSpec:
         """The values this integer input may hold (parsed once; None when unchecked)."""
         data = self.meta.get(INDEX_RANGE)
         return None if data is None else IndexRange.from_json(data, f"input {self.name!r}")
+
+    @functools.cached_property
+    def dims(self) -> tuple[int | DimExpr, ...]:
+        """The shape with each symbolic dimension parsed (once)."""
+        return tuple(d if isinstance(d, int) else parse_dim(d) for d in self.shape)
 
     @property
     def is_state(self) -> bool:
@@ -221,7 +236,14 @@ class Manifest:
             raise ArtifactError(f"manifest.json: 'graphs' must describe {list(GRAPH_NAMES)}")
         parsed = {name: GraphSpec.from_json(graphs[name], name) for name in GRAPH_NAMES}
         extra = {k: v for k, v in data.items() if k not in ("format", "version", "graphs")}
-        return cls(parsed, extra)
+        manifest = cls(parsed, extra)
+        manifest.symbols  # noqa: B018 - checked at load, not on the first step
+        return manifest
+
+    @functools.cached_property
+    def symbols(self) -> dict[str, SymbolBounds]:
+        """The bounds of each symbolic dimension's symbol, by name (absent: unbounded)."""
+        return parse_symbols(self.extra.get(SYMBOLS))
 
     def state_specs(self) -> dict[str, TensorSpec]:
         """Every state tensor of every graph, by name (they must agree across graphs)."""

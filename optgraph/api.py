@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from importlib import metadata
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ import numpy as np
 from optgraph import lr_scheduler as schedules
 from optgraph import optim
 from optgraph.artifact import Artifact, GraphSpec, Manifest, TensorSpec
+from optgraph.artifact.dims import SYMBOLS
 from optgraph.artifact.index_range import INDEX_RANGE
 from optgraph.rewrite.state import NEXT
 
@@ -29,7 +31,9 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
     lr_scheduler: schedules.LRScheduler | None = None,
     clip_grad_norm: float | None = None,
     grad_accumulation_steps: int = 1,
-    dynamic_batch: bool = True,
+    dynamic_shapes: dict | None = None,
+    *,
+    dynamic_batch: bool | None = None,
 ) -> Artifact:
     """Compile a model, its loss, an optimizer and a schedule into one training artifact.
 
@@ -43,15 +47,31 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
         clip_grad_norm: clip the global L2 norm of the gradients, as ``torch.nn.utils.clip_grad_norm_``.
         grad_accumulation_steps: k > 1 adds up the gradients of loss / k over k calls of ``step``
             and updates on every k-th call.
-        dynamic_batch: make dim 0 of inputs and targets symbolic.
+        dynamic_shapes: which dimensions of the inputs and targets may vary from call to call.
+            None: dim 0 of each input and target, each with its own symbol; the relations the model
+            implies (equal batches, labels flattened to ``batch * seq``) are inferred, and a dim 0
+            the model fixes stays fixed. ``{"input_ids": {0: "batch", 1: "seq"}, "target": {0: "tokens"}}``:
+            the dimensions named, keyed by ``model.forward``'s parameter names and ``target`` (or
+            ``target_0``, ...); each must stay dynamic (a CaptureError says what fixed it), one name
+            is one size; an input or target the dict does not name keeps the default (``name: None``
+            makes it static). ``{}``: every dimension static. The manifest records the symbols and
+            each input's shape in them; a session checks every batch against them.
+        dynamic_batch: deprecated spelling of ``dynamic_shapes``: True is None, False is ``{}``.
 
     Returns:
         An :class:`~optgraph.artifact.Artifact`; ``save`` it or open a ``TrainingSession`` on it.
     """
     _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
+    if dynamic_batch is not None:
+        warnings.warn(
+            "compile(dynamic_batch=...) is deprecated: use dynamic_shapes=None (dynamic_batch=True) "
+            "or dynamic_shapes={} (dynamic_batch=False)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     from optgraph.capture import capture  # torch is imported here, not with optgraph
 
-    captured = capture(model, example_inputs, example_targets, loss_fn, dynamic_batch)
+    captured = capture(model, example_inputs, example_targets, loss_fn, dynamic_shapes, dynamic_batch=dynamic_batch)
     return build_artifact(captured, optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
 
 
@@ -132,7 +152,8 @@ def build_artifact(
         "targets": captured.target_names,
         "outputs": captured.output_names,
         "aliases": captured.aliases,
-        "dynamic_batch": captured.dynamic_batch,
+        SYMBOLS: {name: bounds.to_json() for name, bounds in captured.symbols.items()},
+        "dynamic_batch": any(shape[:1] and isinstance(shape[0], str) for shape in captured.shapes.values()),
         "optimizer": {**optimizer.config(), "state_has_step": optimizer.has_step_slot},
         "lr_scheduler": schedule.config(),
         "param_groups": [{"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in groups],

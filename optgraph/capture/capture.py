@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -13,10 +14,12 @@ import torch
 from torch.func import functional_call
 from torch.utils import _pytree as pytree
 
+from optgraph.artifact.dims import SymbolBounds
 from optgraph.artifact.index_range import IndexRange
 from optgraph.capture.diagnostics import ModuleTracker
 from optgraph.capture.patches import traceable_modules
-from optgraph.capture.trace import BATCH_DIM, trace_to_onnx
+from optgraph.capture.symbols import BATCH_DIM, name_outputs, name_symbols, requested_dims
+from optgraph.capture.trace import trace_to_onnx
 from optgraph.errors import CaptureError
 
 
@@ -33,6 +36,9 @@ class Captured:
             ``output_0``, ``output_1``, ...
         state: initial value of every parameter and buffer, by torch name.
         aliases: second names of shared tensors (tied weights) -> the name used in the graphs.
+        shapes: each data input's and target's shape in the train graph: ints, symbol names and
+            expressions of them (``"batch*seq"``); the eval graph's inputs have the same.
+        symbols: the bounds of every symbol the shapes use, by name.
         train_index_ranges: input or target name -> the values it may hold in the train step,
             for those that index something (class targets, token ids).
         eval_index_ranges: the same for the inputs of the eval forward.
@@ -48,8 +54,9 @@ class Captured:
     updated_buffers: list[str]
     output_names: list[str]
     state: dict[str, np.ndarray]
-    dynamic_batch: bool
     aliases: dict[str, str]
+    shapes: dict[str, list[int | str]] = field(default_factory=dict)
+    symbols: dict[str, SymbolBounds] = field(default_factory=dict)
     train_index_ranges: dict[str, IndexRange] = field(default_factory=dict)
     eval_index_ranges: dict[str, IndexRange] = field(default_factory=dict)
 
@@ -138,10 +145,27 @@ def _drop_unchanged_buffers(model: ir.Model, buffer_names: Sequence[str]) -> lis
     return updated
 
 
-def _set_batch_dims(model: ir.Model, batched_inputs: Sequence[str]) -> None:
-    for value in model.graph.inputs:
-        if value.name in batched_inputs and value.shape is not None and len(value.shape) > 0:
-            value.shape = ir.Shape([BATCH_DIM, *list(value.shape)[1:]])
+def _set_shapes(values: Sequence[ir.Value], shapes: Sequence[list[int | str] | None]) -> None:
+    for value, shape in zip(values, shapes):
+        if shape is not None:
+            value.shape = ir.Shape(shape)
+
+
+def _warn_fixed_by_example(requested, shapes, names, example_sizes) -> None:
+    """Warn where a dimension left to the default came out fixed because its example size was 0 or 1."""
+    fixed = [
+        f"{names[i]!r} dimension {k}"
+        for i, dims in enumerate(requested)
+        for k in dims
+        if isinstance(shapes[i][k], int) and example_sizes[i].shape[k] < 2
+    ]
+    if fixed:
+        warnings.warn(
+            f"compile: {', '.join(fixed)} stay fixed at the example's size (torch fixes sizes 0 and 1, and no "
+            "larger size fitted the model); give examples of size 2 or more to make them dynamic",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def capture(
@@ -149,9 +173,15 @@ def capture(
     example_inputs,
     example_targets,
     loss_fn: Callable,
-    dynamic_batch: bool = True,
+    dynamic_shapes: dict | None = None,
+    *,
+    dynamic_batch: bool | None = None,
 ) -> Captured:
-    """Capture ``loss_fn(model(*inputs), *targets)``, its gradients and buffer updates, and the eval forward."""
+    """Capture ``loss_fn(model(*inputs), *targets)``, its gradients and buffer updates, and the eval forward.
+
+    ``dynamic_shapes`` and the deprecated ``dynamic_batch`` are ``compile``'s (see
+    :func:`optgraph.capture.symbols.requested_dims`).
+    """
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
@@ -160,6 +190,7 @@ def capture(
     targets = _as_tensor_tuple(example_targets, "example_targets")
     data_names = data_input_names(model, len(inputs))
     tnames = target_names(len(targets))
+    requested = requested_dims(dynamic_shapes, dynamic_batch, data_names + tnames, inputs + targets)
 
     named_params = dict(model.named_parameters())
     trainable = [n for n, p in named_params.items() if p.requires_grad]
@@ -198,16 +229,19 @@ def capture(
         tracker = stack.enter_context(ModuleTracker(model))
         # The train step runs every submodule in the mode it is in, as torch would train it
         # (a BatchNorm put in eval() keeps its running statistics frozen).
-        train, train_ranges = trace_to_onnx(
-            train_step, [*inputs, *targets, *param_values, *buffer_values],
-            [True] * n_data + [False] * len(state_names), dynamic_batch, "train step", tracker,
-        )  # fmt: skip
+        traced = trace_to_onnx(
+            train_step, [*inputs, *targets, *param_values, *buffer_values], requested, "train step", tracker
+        )
+        named = name_symbols(traced.shapes, data_names + tnames, requested, traced.ranges, traced.why_fixed)
+        shapes = dict(zip(data_names + tnames, named.shapes))
+        _warn_fixed_by_example(requested, named.shapes, data_names + tnames, example_sizes=[*inputs, *targets])
+        train = traced.model
         _name_io(
             train, [*data_names, *tnames, *state_names],
             ["loss", *(f"grad.{n}" for n in trainable), *(f"{n}.next" for n in buffer_names)], "train step",
         )  # fmt: skip
         updated = _drop_unchanged_buffers(train, buffer_names)
-        _set_batch_dims(train, data_names + tnames if dynamic_batch else [])
+        _set_shapes(train.graph.inputs, named.shapes)  # its outputs (loss, gradients, buffers) have fixed shapes
 
         n_outputs: list[int] = []
 
@@ -219,23 +253,33 @@ def capture(
             return tuple(leaves)
 
         model.eval()
-        evaluation, eval_ranges = trace_to_onnx(
-            eval_forward, [*inputs, *param_values, *buffer_values],
-            [True] * len(inputs) + [False] * len(state_names), dynamic_batch, "eval forward", tracker,
-        )  # fmt: skip
+        # the eval forward's inputs get the train step's symbols (its relations are the forward's, a subset)
+        eval_dynamic = [{k: None for k, d in enumerate(shapes[n]) if isinstance(d, str)} for n in data_names]
+        traced_eval = trace_to_onnx(
+            eval_forward, [*inputs, *param_values, *buffer_values], eval_dynamic, "eval forward", tracker
+        )
+        evaluation = traced_eval.model
     finally:
         stack.close()
         for module, training in modes:  # each as it was: model.train(mode) would set them all alike
             module.training = training
     output_names = ["output"] if n_outputs[0] == 1 else [f"output_{i}" for i in range(n_outputs[0])]
     _name_io(evaluation, [*data_names, *state_names], output_names, "eval forward")
-    _set_batch_dims(evaluation, data_names if dynamic_batch else [])
+    eval_shapes = [
+        [d if isinstance(d, int) else shapes[name][k] for k, d in enumerate(shape)]
+        for name, shape in zip(data_names, traced_eval.shapes)
+    ]
+    _set_shapes(evaluation.graph.inputs, eval_shapes)
+    _set_shapes(
+        evaluation.graph.outputs,
+        name_outputs(traced_eval.shapes, eval_shapes, traced_eval.output_shapes, output_names),
+    )
 
     state = {n: t.cpu().numpy().copy() for n, t in zip(state_names, [*param_values, *buffer_values])}
     return Captured(
         train=train, eval=evaluation, data_names=data_names, target_names=tnames, trainable=trainable,
         frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=output_names, state=state,
-        dynamic_batch=bool(dynamic_batch), aliases=aliases,
-        train_index_ranges={[*data_names, *tnames][i]: r for i, r in train_ranges.items()},
-        eval_index_ranges={data_names[i]: r for i, r in eval_ranges.items()},
+        aliases=aliases, shapes=shapes, symbols=named.symbols,
+        train_index_ranges={[*data_names, *tnames][i]: r for i, r in traced.index_ranges.items()},
+        eval_index_ranges={data_names[i]: r for i, r in traced_eval.index_ranges.items()},
     )  # fmt: skip

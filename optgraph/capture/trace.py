@@ -2,11 +2,13 @@
 
 ``make_fx`` over ``functional_call`` + ``torch.autograd.grad`` with the
 decompositions of :mod:`optgraph.capture.decompositions`, traced on fake
-tensors whose only symbolic dimension is dim 0 of the data (a concrete batch
-would bake ``1/batch`` into mean reductions), then ``torch.export`` and the
-dynamo ONNX exporter, which returns an onnx-ir model. The ``make_fx`` graph
-also tells which values the integer inputs may hold
-(:mod:`optgraph.capture.index_ranges`).
+tensors from a ``ShapeEnv`` in which each dynamic dimension of the data has
+its own symbol (a concrete batch would bake ``1/batch`` into mean
+reductions; sizes that merely happen to be equal share nothing), then
+``torch.export`` with each of those dimensions as ``Dim.AUTO``, which infers
+how the model relates them, and the dynamo ONNX exporter, which returns an
+onnx-ir model. The ``make_fx`` graph also tells which values the integer
+inputs may hold (:mod:`optgraph.capture.index_ranges`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import sympy
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -25,14 +29,12 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from optgraph.artifact.index_range import IndexRange
 from optgraph.capture.decompositions import train_decompositions
 from optgraph.capture.diagnostics import ModuleTracker
-from optgraph.capture.index_ranges import index_ranges
+from optgraph.capture.index_ranges import _RELAYOUT, _SAME_LAYOUT, _SITES, _arg, _name, index_ranges
 from optgraph.capture.translations import custom_translations, onnx_registry
 from optgraph.errors import CaptureError
 
 if TYPE_CHECKING:
     import onnx_ir as ir
-
-BATCH_DIM = "batch"
 
 
 @contextlib.contextmanager
@@ -161,63 +163,147 @@ def _functionalize_inplace(graph_module: torch.fx.GraphModule) -> bool:
     return True
 
 
-def _trace_size(t: torch.Tensor) -> torch.Tensor:
-    """A batch of at least 2 rows, so the tracer cannot specialise batch 1."""
-    return torch.cat([t, t]) if t.shape[0] == 1 else t
+class _RecordingShapeEnv(ShapeEnv):
+    """A ShapeEnv that remembers which module was running when a symbol became a constant."""
+
+    def __init__(self, tracker: ModuleTracker) -> None:
+        super().__init__(duck_shape=False)  # equal example sizes are no reason to share a symbol
+        self.tracker = tracker
+        self.fixed_in: dict[sympy.Symbol, str] = {}
+
+    def _set_replacement(self, a, tgt, msg) -> None:
+        if getattr(tgt, "is_number", False) and a not in self.fixed_in:
+            stack = self.tracker.stack
+            self.fixed_in[a] = f"in {self.tracker.describe(stack[-1])}" if stack else "in the loss or the backward"
+        super()._set_replacement(a, tgt, msg)
+
+
+def _grown(args: Sequence[torch.Tensor], marked: Sequence[set[int]], every: bool) -> list[torch.Tensor]:
+    """``args`` with dynamic dimensions of size 0 or 1 grown to 2 (``every``: each dynamic dimension doubled).
+
+    Values are repeated along the dimension (zeros where it was empty).
+    """
+    grown = []
+    for arg, dims in zip(args, marked):
+        for dim in sorted(dims):
+            if arg.shape[dim] == 0:
+                arg = arg.new_zeros(tuple(2 if k == dim else n for k, n in enumerate(arg.shape)))
+            elif every or arg.shape[dim] == 1:
+                arg = torch.cat([arg, arg], dim)
+        grown.append(arg)
+    return grown
+
+
+@dataclass
+class Traced:
+    """An exported graph and what the trace learnt about its data inputs.
+
+    Attributes:
+        model: the ONNX model (onnx-ir).
+        index_ranges: the valid values of each data input that indexes something, by position.
+        shapes: export's shape of each data input: ints, and sympy expressions of export's symbols.
+        output_shapes: export's shape of each output, alike.
+        ranges: (min, max) of each of export's symbols, None where unbounded.
+        why_fixed: (input, dim) -> what fixed a dimension marked dynamic, where known.
+    """
+
+    model: ir.Model
+    index_ranges: dict[int, IndexRange]
+    shapes: list[tuple[int | sympy.Expr, ...]]
+    output_shapes: list[tuple[int | sympy.Expr, ...] | None]
+    ranges: dict[sympy.Symbol, tuple[int | None, int | None]]
+    why_fixed: dict[tuple[int, int], str]
 
 
 def trace_to_onnx(
     fn: Callable,
     args: Sequence[torch.Tensor],
-    batched: Sequence[bool],
-    dynamic_batch: bool,
+    dynamic: Sequence[Mapping[int, object]],
     what: str,
     tracker: ModuleTracker,
-) -> tuple[ir.Model, dict[int, IndexRange]]:
+) -> Traced:
     """Trace ``fn(*args)`` and export it to an onnx-ir model.
 
     Args:
         fn: a function of flat tensors returning a flat tuple of tensors.
-        args: example values.
-        batched: for each arg, whether its dim 0 is the batch.
-        dynamic_batch: make the batch dimension symbolic.
+        args: example values; the first ``len(dynamic)`` are the data (inputs and targets).
+        dynamic: for each data arg, the dimensions to make symbolic (keys; the values are ignored).
         what: a short description for error messages ("train step", "eval forward").
         tracker: the active module tracker, which explains failures.
-
-    Returns:
-        The model, and the valid values of each batched arg that indexes something, by position.
     """
-    dynamic = [dynamic_batch and flag and a.dim() > 0 for a, flag in zip(args, batched)]
-    args = [_trace_size(a) if d else a for a, d in zip(args, dynamic)]
-    # Non-fake inputs are constants the model or loss holds (a loss's class weights): they become graph constants.
-    fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    marked = [set(dims) if a.dim() > 0 else set() for a, dims in zip(args, dynamic)]
+    marked += [set()] * (len(args) - len(marked))
+    if all(args[i].shape[k] >= 2 for i, dims in enumerate(marked) for k in dims):
+        return _trace(fn, list(args), len(dynamic), marked, what, tracker)
+    # torch fixes sizes 0 and 1 (a size-1 dimension broadcasts): trace at larger sizes that keep the
+    # example's relations, first growing each such dimension to 2 (equal sizes stay equal), then
+    # doubling every dynamic one (labels of batch * a fixed length grow with the batch); else as given.
+    for every in (False, True):
+        try:
+            return _trace(fn, _grown(args, marked, every), len(dynamic), marked, what, tracker)
+        except CaptureError:
+            continue
+    traced = _trace(fn, list(args), len(dynamic), marked, what, tracker)
+    for i, dims in enumerate(marked):
+        for dim in dims:
+            if args[i].shape[dim] < 2 and (i, dim) not in traced.why_fixed:
+                traced.why_fixed[(i, dim)] = (
+                    f"its example size is {args[i].shape[dim]}, and torch fixes sizes 0 and 1; "
+                    "give an example of size 2 or more"
+                )
+    return traced
 
-    def fake(t: torch.Tensor, dyn: bool) -> torch.Tensor:
-        sizes = [DimDynamic.DYNAMIC if (dyn and i == 0) else DimDynamic.STATIC for i in range(t.dim())]
+
+def _trace(
+    fn: Callable, args: list[torch.Tensor], n_data: int, marked: list[set[int]], what: str, tracker: ModuleTracker
+) -> Traced:
+    shape_env = _RecordingShapeEnv(tracker)
+    # Non-fake inputs are constants the model or loss holds (a loss's class weights): they become graph constants.
+    fake_mode = FakeTensorMode(shape_env=shape_env, allow_non_fake_inputs=True)
+
+    def fake(t: torch.Tensor, dims: set[int]) -> torch.Tensor:
+        sizes = [DimDynamic.DYNAMIC if i in dims else DimDynamic.STATIC for i in range(t.dim())]
         return fake_mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=sizes))
 
     with _tracing_context():
         try:
-            fakes = [fake(a, d) for a, d in zip(args, dynamic)]
+            fakes = [fake(a, d) for a, d in zip(args, marked)]
+            symbols = {
+                (i, k): fakes[i].shape[k].node.expr
+                for i, dims in enumerate(marked)
+                for k in dims
+                if isinstance(fakes[i].shape[k], torch.SymInt)  # not a size 0 or 1: torch fixes those
+            }
             with fake_mode:
                 graph_module = make_fx(fn, decomposition_table=train_decompositions(), tracing_mode="fake")(*fakes)
-            ranges = index_ranges(graph_module, sum(batched))
+            ranges = index_ranges(graph_module, n_data)
+            limits = _position_limits(graph_module, shape_env, symbols)
             _make_exportable(graph_module)
             functional = _functionalize_inplace(graph_module)
         except CaptureError:
             raise
         except Exception as e:  # noqa: BLE001 - any tracer failure becomes a CaptureError
             raise tracker.error(what, _root_cause(e)) from e
-        batch = torch.export.Dim(BATCH_DIM) if any(dynamic) else None
-        shapes = [{0: batch} if d else None for d in dynamic]
+        why_fixed = {
+            site: shape_env.fixed_in[symbol] for site, symbol in symbols.items() if symbol in shape_env.fixed_in
+        }
+        # every marked dimension as Dim.AUTO: export infers which are equal, derived or fixed
+        shapes = [{k: torch.export.Dim.AUTO for k in dims} or None for dims in marked]
         try:
             exported = torch.export.export(graph_module, tuple(args), dynamic_shapes=shapes, strict=False)
         except Exception as e:  # noqa: BLE001
-            hint = " (the model may depend on a fixed batch size: try dynamic_batch=False)" if any(dynamic) else ""
+            hint = " (the model may depend on a fixed size: try dynamic_shapes={})" if any(marked) else ""
             raise CaptureError(f"could not export the traced {what}{hint}: {type(e).__name__}: {e}") from e
+        data_shapes, output_shapes, symbol_ranges = _shapes(exported, n_data)
+        for (i, k), high in limits.items():
+            symbol = data_shapes[i][k]
+            if isinstance(symbol, sympy.Symbol) and symbol in symbol_ranges:
+                low, known = symbol_ranges[symbol]
+                symbol_ranges[symbol] = (low, high if known is None else min(known, high))
         if functional and _all_translatable(exported):
             try:
-                return _translate_decomposed(exported), ranges
+                model = _translate_decomposed(exported)
+                return Traced(model, ranges, data_shapes, output_shapes, symbol_ranges, why_fixed)
             except Exception:  # noqa: BLE001 - take the exporter's full path
                 exported = torch.export.export(graph_module, tuple(args), dynamic_shapes=shapes, strict=False)
         try:
@@ -226,7 +312,71 @@ def trace_to_onnx(
             )
         except Exception as e:  # noqa: BLE001
             raise tracker.error(f"{what} (no ONNX translation)", _root_cause(e)) from e
-    return program.model, ranges
+    return Traced(program.model, ranges, data_shapes, output_shapes, symbol_ranges, why_fixed)
+
+
+def _position_limits(graph_module: torch.fx.GraphModule, shape_env: ShapeEnv, symbols: dict) -> dict:
+    """The largest size of each data dimension that counts positions into a table: ``(input, dim) -> max``.
+
+    ``table[arange(seq)]`` (a learned position embedding, a slice of a rotary
+    cache taken by index) reads row ``seq - 1``: torch raises past the table's
+    end, an ONNX Gather fails deep in onnxruntime, so the bound goes into the
+    manifest and the session refuses a longer batch first.
+    """
+    found: dict[sympy.Symbol, int] = {}
+    for node in graph_module.graph.nodes:
+        bounds = _SITES.get(_name(node))
+        if bounds is None:
+            continue
+        for index, low, high, _ in bounds(node):
+            offset = 0  # arange(...) + offset, as position ids past a cache are
+            while isinstance(index, torch.fx.Node):
+                name = _name(index)
+                if name in _SAME_LAYOUT or name in _RELAYOUT:
+                    index = _arg(index, 0)
+                elif name in ("add", "sub") and type(_arg(index, 1)) is int and _arg(index, 2) in (None, 1):
+                    offset += _arg(index, 1) if name == "add" else -_arg(index, 1)
+                    index = _arg(index, 0)
+                else:
+                    break
+            if not isinstance(index, torch.fx.Node) or _name(index) != "arange":
+                continue
+            args = [a.meta.get("val") if isinstance(a, torch.fx.Node) else a for a in index.args]
+            start, end, step = (0, args[0], 1) if len(args) == 1 else (*args[:2], args[2] if len(args) > 2 else 1)
+            if not (type(start) is int and start + offset >= max(low, 0) and step == 1):
+                continue
+            expr = shape_env.replace(end.node.expr) if isinstance(end, torch.SymInt) else None
+            if isinstance(expr, sympy.Symbol):  # values start + offset ... end - 1 + offset < high
+                found[expr] = min(found.get(expr, high - offset), high - offset)
+    limits = {}
+    for site, symbol in symbols.items():
+        expr = shape_env.replace(symbol)
+        if expr in found:
+            limits[site] = found[expr]
+    return limits
+
+
+def _shape_of(node) -> tuple[int | sympy.Expr, ...] | None:
+    value = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    if not isinstance(value, torch.Tensor):
+        return None
+    return tuple(d if isinstance(d, int) else d.node.expr for d in value.shape)
+
+
+def _shapes(exported: torch.export.ExportedProgram, n_data: int):
+    """Export's shapes of the first ``n_data`` user inputs and of the outputs, and the ranges of its symbols."""
+    from torch.export.graph_signature import InputKind
+
+    user = [s.arg.name for s in exported.graph_signature.input_specs if s.kind == InputKind.USER_INPUT][:n_data]
+    nodes = {n.name: n for n in exported.graph.nodes if n.op == "placeholder"}
+    shapes = [_shape_of(nodes[name]) for name in user]
+    outputs = [_shape_of(node) for node in exported.graph.output_node().args[0]]
+    ranges = {}
+    for symbol, bounds in exported.range_constraints.items():
+        if isinstance(symbol, sympy.Symbol):
+            low, high = bounds.lower, bounds.upper
+            ranges[symbol] = (int(low) if low.is_Integer else None, int(high) if high.is_Integer else None)
+    return shapes, outputs, ranges
 
 
 def _all_translatable(exported: torch.export.ExportedProgram) -> bool:

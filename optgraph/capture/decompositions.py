@@ -243,6 +243,49 @@ def var_mean_correction(x, dim=None, *, correction=None, keepdim=False):
     return var, (mean if keepdim else squeeze_dims(mean, dims))
 
 
+def constant_pad_nd(x, pad, value=0):
+    """``aten.constant_pad_nd`` (``F.pad`` in constant mode) as slices and concatenations.
+
+    torch's kernel, and its Python decomposition, read every size as a
+    concrete integer and so pin the batch (a TensorFlow-style "same" padding
+    before a strided convolution, for one). Negative padding crops; positive
+    padding concatenates a block of ``value`` on that side, whose shape is
+    ``x``'s own, symbols included.
+    """
+    fresh = False  # a new tensor, as the op returns, rather than a view of x
+    for i in range(len(pad) // 2):
+        d = x.dim() - 1 - i
+        left, right = pad[2 * i], pad[2 * i + 1]
+        if left < 0 or right < 0:
+            x = aten.slice.Tensor(x, d, max(-left, 0), x.shape[d] + min(right, 0))
+        if left > 0 or right > 0:
+            block = [*x.shape[:d], 0, *x.shape[d + 1 :]]
+            parts = []
+            for width in (left, right):
+                block[d] = width
+                parts.append(x.new_full(block, value) if width > 0 else None)
+            x = torch.cat([p for p in (parts[0], x, parts[1]) if p is not None], dim=d)
+            fresh = True
+    return x if fresh else aten.clone.default(x)
+
+
+def weight_norm_interface_backward(grad_w, saved_v, saved_g, saved_norms, dim):
+    """``aten._weight_norm_interface_backward``: the gradients of ``w = g * v / ||v||``.
+
+    torch's fused weight norm (``nn.utils.weight_norm`` or the
+    ``parametrizations.weight_norm`` parametrization, norm over every
+    dimension but ``dim``) has a backward kernel and no decomposition; this is
+    the formula of torch's ``_weight_norm_differentiable_backward``, for any
+    ``dim``. ``saved_g`` and ``saved_norms`` are shaped to broadcast against ``v``.
+    """
+    dims = [d for d in range(saved_v.dim()) if d != dim % saved_v.dim()]
+    norms = saved_norms.to(saved_g.dtype)
+    per_dim_sums = (grad_w * saved_v).sum(dims, keepdim=True)
+    grad_v = (saved_g / norms) * (grad_w - saved_v * (per_dim_sums / (norms * norms)))
+    grad_g = per_dim_sums / norms
+    return grad_v, grad_g
+
+
 _PINS_BATCH = [
     aten.lstm.input, aten.lstm.data, aten.gru.input, aten.gru.data,
     aten.rnn_tanh.input, aten.rnn_tanh.data, aten.rnn_relu.input, aten.rnn_relu.data,
@@ -284,6 +327,8 @@ def train_decompositions() -> dict:
     table[aten._adaptive_avg_pool3d_backward.default] = adaptive_avg_pool_backward
     table[aten.threshold_backward.default] = threshold_backward
     table[aten.max_pool3d_with_indices_backward.default] = max_pool3d_backward
+    table[aten._weight_norm_interface_backward.default] = weight_norm_interface_backward
+    table[aten.constant_pad_nd.default] = constant_pad_nd
     table[aten.avg_pool2d.default] = avg_pool_with_divisor
     table[aten.avg_pool3d.default] = avg_pool_with_divisor
     return table

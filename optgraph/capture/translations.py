@@ -23,6 +23,24 @@ def empty_permuted(size, physical_layout, dtype: int = -1, layout="", device="",
     return aten_empty(size, dtype=dtype)
 
 
+def copy(self, src, non_blocking: bool = False):
+    """``aten.copy``: ``src`` cast to ``self``'s dtype and broadcast to ``self``'s shape.
+
+    The exporter's translation only casts, so a scalar copied into a slice
+    (``ids[:, 0] = start_token``, functionalized into ``copy`` then
+    ``select_scatter``) keeps the scalar's rank, and the scatter's Unsqueeze
+    is then out of range.
+    """
+    value = op.CastLike(src, self)
+    same = (
+        self.shape is not None
+        and src.shape is not None
+        and len(self.shape) == len(src.shape)
+        and all(isinstance(a, int) and a == b for a, b in zip(self.shape, src.shape))
+    )
+    return value if same else op.Expand(value, op.Shape(self))
+
+
 def _max_pool_with_indices(x, dims: int, kernel_size, stride, padding, dilation, ceil_mode: bool):
     """One MaxPool for values and indices; torch's per-plane indices from a cheap offset.
 
@@ -68,6 +86,7 @@ def max_pool3d_with_indices(self, kernel_size, stride=(), padding=(0, 0, 0), dil
 @functools.cache
 def custom_translations() -> dict:
     return {
+        aten.copy.default: copy,
         aten.empty_permuted.default: empty_permuted,
         aten.max_pool2d_with_indices.default: max_pool2d_with_indices,
         aten.max_pool3d_with_indices.default: max_pool3d_with_indices,

@@ -39,6 +39,27 @@ class CNN(nn.Module):
         return self.fc(self.drop(torch.flatten(x, 1)))
 
 
+class TinyLM(nn.Module):
+    """Embedding, one causal TransformerEncoderLayer, a Linear head: logits ``(batch, seq, vocab)``."""
+
+    def __init__(self, vocab: int = 40, width: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        # no biases: the key projection's bias has a zero gradient (softmax ignores a constant per row),
+        # and Adam turns that gradient's rounding noise into full-size steps of either sign
+        self.layer = nn.TransformerEncoderLayer(width, 2, 2 * width, dropout=0.0, batch_first=True, bias=False)
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, tokens):
+        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1])
+        return self.head(self.layer(self.embed(tokens), src_mask=mask, is_causal=True))
+
+
+def flat_cross_entropy(logits, labels):
+    """Cross-entropy of token logits ``(batch, seq, vocab)`` against labels flattened to ``(batch * seq,)``."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels)
+
+
 def make_model(kind: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return {"mlp": MLP, "cnn": CNN}[kind]()

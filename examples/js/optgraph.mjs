@@ -100,6 +100,115 @@ function checkIndexRange(input, tensor) {
   }
 }
 
+/**
+ * A symbolic dimension of a manifest shape: a symbol ("batch") or an expression of symbols ("batch*seq")
+ * with names, ints, + - * // and parentheses (docs/artifact-format.md). Returns {text, symbols, evaluate(sizes)}.
+ */
+export function parseDim(text) {
+  const tokens = [];
+  const pattern = /\s*(?:(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(\/\/|[-+*()]))/y;
+  let at = 0;
+  while (at < text.length) {
+    pattern.lastIndex = at;
+    const match = pattern.exec(text);
+    if (!match) {
+      if (text.slice(at).trim() === "") break;
+      throw new Error(`symbolic dimension '${text}': unexpected '${text.slice(at).trim()[0]}'`);
+    }
+    tokens.push(match[1] !== undefined ? { int: Number(match[1]) } : match[2] !== undefined ? { name: match[2] } : { op: match[3] });
+    at = pattern.lastIndex;
+  }
+  let i = 0;
+  const fail = () => {
+    throw new Error(`symbolic dimension '${text}': unexpected ${i < tokens.length ? JSON.stringify(tokens[i]) : "end"}`);
+  };
+  const factor = () => {
+    const token = tokens[i++] ?? fail();
+    if (token.int !== undefined) return () => token.int;
+    if (token.name !== undefined) return (sizes) => sizes[token.name];
+    if (token.op === "-") {
+      const operand = factor();
+      return (sizes) => -operand(sizes);
+    }
+    if (token.op !== "(") (i--, fail());
+    const inner = expression();
+    if (tokens[i++]?.op !== ")") (i--, fail());
+    return inner;
+  };
+  const binary = (operand, ops) => () => {
+    let left = operand();
+    while (ops[tokens[i]?.op]) {
+      const [apply, right] = [ops[tokens[i++].op], operand()];
+      const l = left;
+      left = (sizes) => apply(l(sizes), right(sizes));
+    }
+    return left;
+  };
+  const term = binary(factor, { "*": (a, b) => a * b, "//": (a, b) => (b === 0 ? NaN : Math.floor(a / b)) });
+  const expression = binary(term, { "+": (a, b) => a + b, "-": (a, b) => a - b });
+  const evaluate = expression();
+  if (i !== tokens.length) fail();
+  const symbols = [...new Set(tokens.filter((t) => t.name !== undefined).map((t) => t.name))];
+  return { text, symbols, isSymbol: tokens.length === 1 && tokens[0].name !== undefined, evaluate };
+}
+
+/**
+ * Refuse a batch whose sizes disagree with the manifest, as optgraph's Python session does (optgraph/batch.py):
+ * the rank and fixed sizes; one size per symbol across inputs; derived dimensions ("batch*seq") equal to their
+ * value; each symbol within its `symbols` bounds. Throws an Error naming the input and the dimension.
+ */
+export function checkShapes(specs, feeds, bounds = {}) {
+  const sizes = {};
+  const source = {};
+  const derived = [];
+  const where = (spec, k) => `${spec.role} '${spec.name}' dimension ${k}`;
+  const bind = (name, size, site, how) => {
+    const { min, max } = bounds[name] ?? {};
+    if ((min !== undefined && size < min) || (max !== undefined && size > max)) {
+      const range = min !== undefined && max !== undefined ? `between ${min} and ${max}` : min !== undefined ? `at least ${min}` : `at most ${max}`;
+      throw new Error(`${site} (${how}) is ${size}; '${name}' must be ${range}`);
+    }
+    sizes[name] = size;
+    source[name] = site;
+  };
+  for (const spec of specs) {
+    const dims = Array.from(feeds[spec.name].dims);
+    if (dims.length !== spec.shape.length || spec.shape.some((d, k) => typeof d === "number" && d !== dims[k])) {
+      throw new Error(`${spec.role} '${spec.name}': expected ${spec.dtype} array of shape [${spec.shape.join(", ")}], got shape [${dims.join(", ")}]`);
+    }
+    spec.shape.forEach((d, k) => {
+      if (typeof d === "number") return;
+      const expr = parseDim(d);
+      if (!expr.isSymbol) derived.push([where(spec, k), expr, dims[k]]);
+      else if (!(d in sizes)) bind(d, dims[k], where(spec, k), `'${d}'`);
+      else if (sizes[d] !== dims[k]) {
+        throw new Error(`${where(spec, k)} ('${d}') is ${dims[k]}, but ${source[d]} ('${d}') is ${sizes[d]}; they must agree`);
+      }
+    });
+  }
+  for (let pending = derived, progress = true; pending.length && progress; ) {
+    const waiting = [];
+    for (const [site, expr, size] of pending) {
+      const unknown = expr.symbols.filter((n) => !(n in sizes));
+      if (unknown.length === 1) {
+        // affine in the unknown: solve from three points
+        const at = [0, 1, 2].map((x) => expr.evaluate({ ...sizes, [unknown[0]]: x }));
+        const slope = at[1] - at[0];
+        const value = (size - at[0]) / slope;
+        if (slope !== 0 && at[2] === at[0] + 2 * slope && Number.isInteger(value) && value >= 0) {
+          bind(unknown[0], value, site, `'${expr.text}', so '${unknown[0]}' is ${value}`);
+        } else waiting.push([site, expr, size]);
+      } else if (unknown.length) waiting.push([site, expr, size]);
+      else if (expr.evaluate(sizes) !== size) {
+        const values = expr.symbols.map((n) => `${n} = ${sizes[n]} from ${source[n]}`).join(", ");
+        throw new Error(`${site} is ${size}, expected ${expr.text} = ${expr.evaluate(sizes)} (${values})`);
+      }
+    }
+    progress = waiting.length < pending.length;
+    pending = waiting;
+  }
+}
+
 export function isPlainFileName(file) {
   return typeof file === "string" && file !== "" && file !== "." && file !== ".." && !/[/\\\0]/.test(file);
 }
@@ -167,6 +276,10 @@ export class TrainingSession {
     for (const input of spec.inputs) {
       feeds[input.name] = isData(input) ? data[input.name] : this.state.get(input.name);
       if (feeds[input.name] === undefined) throw new Error(`${graph}: no value given for ${input.role} '${input.name}'`);
+    }
+    const batch = spec.inputs.filter(isData);
+    checkShapes(batch, feeds, this.manifest.symbols);
+    for (const input of batch) {
       if (input.index_range) checkIndexRange(input, feeds[input.name]);
     }
     const results = await this.sessions[graph].run(feeds);

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from models import assert_close, assert_state_matches
+from models import TinyLM, assert_close, assert_state_matches, flat_cross_entropy
 from torch import nn
 
 import optgraph
@@ -118,26 +118,6 @@ def test_an_untied_input_keeps_a_symbol_of_its_own():
 
 # -- a transformer language model: labels flattened to batch * seq -------------
 VOCAB = 40
-
-
-class TinyLM(nn.Module):
-    """Embedding, one causal TransformerEncoderLayer, a Linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, 16)
-        # no biases: the key projection's bias has a zero gradient (softmax ignores a constant per row),
-        # and Adam turns that gradient's rounding noise into full-size steps of either sign
-        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, bias=False)
-        self.head = nn.Linear(16, VOCAB)
-
-    def forward(self, tokens):
-        mask = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1])
-        return self.head(self.layer(self.embed(tokens), src_mask=mask, is_causal=True))
-
-
-def flat_cross_entropy(logits, labels):
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels)
 
 
 def _lm_batch(batch: int, seq: int, gen: torch.Generator):

@@ -54,8 +54,10 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
             the dimensions named, keyed by ``model.forward``'s parameter names and ``target`` (or
             ``target_0``, ...); each must stay dynamic (a CaptureError says what fixed it), one name
             is one size; an input or target the dict does not name keeps the default (``name: None``
-            makes it static). ``{}``: every dimension static. The manifest records the symbols and
-            each input's shape in them; a session checks every batch against them.
+            makes it static). A ``torch.export.Dim("seq", max=64)`` may stand for a name (its bounds
+            are checked on every batch), ``torch.export.Dim.AUTO`` for a name to infer. ``{}``: every
+            dimension static. The manifest records the symbols and each input's shape in them; a
+            session checks every batch against them.
         dynamic_batch: deprecated spelling of ``dynamic_shapes``: True is None, False is ``{}``.
 
     Returns:

@@ -190,7 +190,7 @@ def capture(
     targets = _as_tensor_tuple(example_targets, "example_targets")
     data_names = data_input_names(model, len(inputs))
     tnames = target_names(len(targets))
-    requested = requested_dims(dynamic_shapes, dynamic_batch, data_names + tnames, inputs + targets)
+    requested, user_bounds = requested_dims(dynamic_shapes, dynamic_batch, data_names + tnames, inputs + targets)
 
     named_params = dict(model.named_parameters())
     trainable = [n for n, p in named_params.items() if p.requires_grad]
@@ -232,7 +232,9 @@ def capture(
         traced = trace_to_onnx(
             train_step, [*inputs, *targets, *param_values, *buffer_values], requested, "train step", tracker
         )
-        named = name_symbols(traced.shapes, data_names + tnames, requested, traced.ranges, traced.why_fixed)
+        named = name_symbols(
+            traced.shapes, data_names + tnames, requested, traced.ranges, traced.why_fixed, user_bounds
+        )
         shapes = dict(zip(data_names + tnames, named.shapes))
         _warn_fixed_by_example(requested, named.shapes, data_names + tnames, example_sizes=[*inputs, *targets])
         train = traced.model

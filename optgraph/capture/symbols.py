@@ -34,16 +34,21 @@ Requested = dict[int, "str | None"]
 
 def requested_dims(
     dynamic_shapes, dynamic_batch: bool | None, names: Sequence[str], examples: Sequence[torch.Tensor]
-) -> list[Requested]:
+) -> tuple[list[Requested], dict[str, SymbolBounds]]:
     """The dynamic dimensions of each data input and target, from ``compile``'s arguments.
 
     Args:
         dynamic_shapes: None (dim 0 of every input and target, names inferred), ``{}`` (nothing),
-            or ``{name: {dim: symbol name}}`` for the inputs and targets it names (``name: None`` or
-            ``{}`` makes that one static); those it does not name keep dim 0 dynamic.
+            or ``{name: {dim: symbol}}`` for the inputs and targets it names (``name: None`` or
+            ``{}`` makes that one static); those it does not name keep dim 0 dynamic. A symbol is
+            a name, a ``torch.export.Dim`` (its name; its ``min`` and ``max`` become bounds the
+            session checks) or ``torch.export.Dim.AUTO`` (dynamic where the model allows, name inferred).
         dynamic_batch: the deprecated spelling: True is None, False is ``{}``.
         names: the data inputs' then the targets' names.
         examples: their example tensors.
+
+    Returns:
+        The dynamic dimensions of each input and target, and the bounds the user gave, by symbol name.
 
     Raises:
         CaptureError: an unknown name, a dimension out of range, or a symbol name that is not an identifier.
@@ -60,7 +65,7 @@ def requested_dims(
             dynamic_shapes = {}
     default: list[Requested] = [{0: None} if t.dim() > 0 else {} for t in examples]
     if dynamic_shapes is None:
-        return default
+        return default, {}
     if not isinstance(dynamic_shapes, Mapping):
         hint = " (dynamic_batch=True/False is now dynamic_shapes=None/{})" if isinstance(dynamic_shapes, bool) else ""
         raise CaptureError(
@@ -68,9 +73,10 @@ def requested_dims(
             f"got {type(dynamic_shapes).__name__}{hint}"
         )
     if not dynamic_shapes:
-        return [{} for _ in examples]
+        return [{} for _ in examples], {}
     positions = {name: i for i, name in enumerate(names)}
     out = list(default)
+    bounds: dict[str, SymbolBounds] = {}
     for key, dims in dynamic_shapes.items():
         if key not in positions:
             raise CaptureError(
@@ -92,14 +98,31 @@ def requested_dims(
                     f"dynamic_shapes[{key!r}] has dimension {dim!r}, but {key!r} has {example.dim()} "
                     f"dimension(s) (example shape {list(example.shape)})"
                 )
+            if symbol is torch.export.Dim.AUTO:
+                marked[dim % example.dim()] = None
+                continue
+            if isinstance(symbol, torch.export.Dim):
+                low, high = symbol.min, symbol.max
+                limits = SymbolBounds(low if low > 0 else None, int(high) if high < _UNBOUNDED else None)
+                symbol = symbol.__name__
+                bounds[symbol] = _intersect(bounds.get(symbol, SymbolBounds()), limits)
             if not _is_symbol_name(symbol):
                 raise CaptureError(
-                    f"dynamic_shapes[{key!r}][{dim}] is {symbol!r}; a symbol name must be an identifier "
-                    "such as 'batch' or 'seq'"
+                    f"dynamic_shapes[{key!r}][{dim}] is {symbol!r}; a symbol must be a name such as 'batch' or "
+                    "'seq' (an identifier), a torch.export.Dim or torch.export.Dim.AUTO"
                 )
             marked[dim % example.dim()] = symbol
         out[positions[key]] = marked
-    return out
+    return out, bounds
+
+
+_UNBOUNDED = 2**62
+
+
+def _intersect(a: SymbolBounds, b: SymbolBounds) -> SymbolBounds:
+    low = max((v for v in (a.min, b.min) if v is not None), default=None)
+    high = min((v for v in (a.max, b.max) if v is not None), default=None)
+    return SymbolBounds(low, high)
 
 
 def _is_symbol_name(symbol) -> bool:
@@ -125,6 +148,7 @@ def name_symbols(
     requested: Sequence[Requested],
     ranges: Mapping[sympy.Symbol, tuple[int | None, int | None]],
     why_fixed: Mapping[tuple[int, int], str] | None = None,
+    user_bounds: Mapping[str, SymbolBounds] | None = None,
 ) -> SymbolicShapes:
     """Name export's symbols and write each shape with the names.
 
@@ -134,6 +158,7 @@ def name_symbols(
         requested: their dynamic dimensions, as :func:`requested_dims` gives them.
         ranges: the (min, max) export knows for a symbol (None: unbounded).
         why_fixed: for a requested dimension that came out fixed, what fixed it, where known.
+        user_bounds: bounds the user gave (``torch.export.Dim("seq", max=64)``), by symbol name.
 
     Raises:
         CaptureError: a dimension the user named came out fixed, two names the model makes equal,
@@ -225,6 +250,9 @@ def name_symbols(
     for symbol, name in root_name.items():
         low, high = ranges.get(symbol, (None, None))
         limits = SymbolBounds(low if low is not None and low > 2 else None, high)  # >= 2 only from 0/1 specialisation
+        limits = _intersect(limits, (user_bounds or {}).get(name, SymbolBounds()))
+        if limits.min is not None and limits.max is not None and limits.min > limits.max:
+            raise CaptureError(f"the bounds given for {name!r} leave no size the model accepts ({limits.describe()})")
         bounds.setdefault(name, limits)
     return SymbolicShapes(texts, {n: bounds.get(n, SymbolBounds()) for n in _used(texts)})
 

@@ -253,6 +253,23 @@ def test_a_name_on_one_input_leaves_the_others_at_the_default():
     assert artifact.manifest.extra["symbols"] == {"rows": {}}
 
 
+def test_torch_export_dims_give_their_names_and_bounds():
+    torch.manual_seed(0)
+    model = TinyLM(VOCAB)
+    gen = torch.Generator().manual_seed(0)
+    tokens, labels = _lm_batch(2, 4, gen)
+    seq = torch.export.Dim("seq", max=12)
+    artifact = optgraph.compile(
+        model, (tokens,), (labels,), flat_cross_entropy, optimizer=optim.AdamW(lr=1e-2),
+        dynamic_shapes={"tokens": {0: torch.export.Dim.AUTO, 1: seq}},
+    )  # fmt: skip
+    assert _io(artifact) == {"tokens": ["batch", "seq"], "target": ["batch*seq"]}
+    assert artifact.manifest.extra["symbols"] == {"batch": {}, "seq": {"max": 12}}
+    session = _train_against_torch(artifact, model, flat_cross_entropy, [_lm_batch(3, 12, gen), _lm_batch(2, 7, gen)])
+    with pytest.raises(InputError, match=r"input 'tokens' dimension 1 \('seq'\) is 13; 'seq' must be at most 12"):
+        session.step(*_lm_batch(2, 13, gen))
+
+
 # -- GPT-2 from transformers: one compile, two sequence lengths, the position table's bound ---------
 class GPT2Logits(nn.Module):
     def __init__(self, config) -> None:
@@ -304,8 +321,9 @@ class FixedBatch(nn.Module):
 REFUSED = {
     "unknown-name": (SideTable, {"features": {0: "batch"}}, r"names 'features', which is not an input or target; expected one of 'x', 'table', 'target'"),
     "dim-out-of-range": (SideTable, {"x": {2: "batch"}}, r"dynamic_shapes\['x'\] has dimension 2, but 'x' has 2 dimension\(s\)"),
-    "not-an-identifier": (SideTable, {"x": {0: "2n"}}, r"dynamic_shapes\['x'\]\[0\] is '2n'; a symbol name must be an identifier"),
+    "not-an-identifier": (SideTable, {"x": {0: "2n"}}, r"dynamic_shapes\['x'\]\[0\] is '2n'; a symbol must be a name such as 'batch' or 'seq' \(an identifier\)"),
     "dims-not-a-dict": (SideTable, {"x": [0]}, r"dynamic_shapes\['x'\] must be a dict \{dim: symbol name\} or None, got list"),
+    "dim-dynamic": (SideTable, {"x": {0: torch.export.Dim.DYNAMIC}}, r"is DimHint\(DYNAMIC\); a symbol must be a name .* a torch.export.Dim or torch.export.Dim.AUTO"),
     "a-bool": (SideTable, True, r"dynamic_shapes must be None, \{\} or a dict .* got bool \(dynamic_batch=True/False is now"),
     "fixed-by-the-model": (FixedBatch, {"x": {0: "batch"}}, r"marks 'x' dimension 0 dynamic as 'batch', but the model fixes it to 4 \(in the model \(FixedBatch\)\)"),
     "fixed-by-a-layer": (SideTable, {"x": {1: "features"}}, r"marks 'x' dimension 1 dynamic as 'features', but the model fixes it to 8 \(in module 'fc' \(Linear\)\)"),

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import sympy
 import torch
 from models import TinyLM, assert_close, assert_state_matches, flat_cross_entropy
 from torch import nn
@@ -360,3 +361,30 @@ def test_dynamic_batch_that_contradicts_dynamic_shapes_is_refused():
                 dynamic_shapes={"x": {0: "n"}},
                 dynamic_batch=False,
             )
+
+
+# -- naming export's symbols --------------------------------------------------------
+def _naming_case():
+    from torch.utils._sympy.functions import FloorDiv
+
+    s0, s1, s2 = sympy.symbols("s0 s1 s2", integer=True, positive=True)
+    return {
+        "batch-and-product": ([(s0, s1), (s0 * s1,)], [["batch", "tokens_dim1"], ["batch*tokens_dim1"]]),
+        "affine": ([(s0, 4), (2 * s0 - 1,)], [["batch", 4], ["2*batch - 1"]]),
+        "floor-div": (
+            [(s0, s1), (FloorDiv(s0 * s1 + 1, 2),)],
+            [["batch", "tokens_dim1"], ["(batch*tokens_dim1 + 1)//2"]],
+        ),
+        "square": ([(s0, s1), (s1**2,)], [["batch", "tokens_dim1"], ["tokens_dim1*tokens_dim1"]]),
+        "two-dim0-symbols": ([(s0, 3), (s2,)], [["tokens_dim0", 3], ["target_dim0"]]),
+        "fixed": ([(s0, 3), (5,)], [["batch", 3], [5]]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_naming_case()), ids=list(_naming_case()))
+def test_export_symbols_get_readable_names(case):
+    from optgraph.capture.symbols import name_symbols
+
+    shapes, expected = _naming_case()[case]
+    named = name_symbols(shapes, ["tokens", "target"], [{0: None}, {0: None}], {})
+    assert named.shapes == expected

@@ -34,7 +34,7 @@ def test_expressions_evaluate(case):
 
 BAD = {
     "empty": ("", "non-empty"),
-    "call": ("__import__('os')", "unexpected \"'\""),
+    "call": ("__import__('os')", 'unexpected "\'"'),
     "attribute": ("a.b", r"unexpected '\.'"),
     "power": ("a**2", r"expected a name, an int or '\('"),
     "true-div": ("a/2", r"unexpected '/'"),

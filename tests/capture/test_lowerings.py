@@ -61,6 +61,19 @@ class Pads(nn.Module):
         return self.head(torch.cat([same.flatten(1), cropped.flatten(1)], dim=1))
 
 
+class MobileBlock(nn.Module):
+    """MobileNetV2's stem: TensorFlow "same" padding, then a strided depthwise conv, BatchNorm and ReLU6."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(4, 4, 3, stride=2, groups=4, bias=False)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(F.relu6(self.norm(self.depthwise(F.pad(x, (0, 1, 0, 1))))).flatten(1))
+
+
 class ShiftRight(nn.Module):
     """Token ids shifted right with a start token written into column 0, as T5 makes decoder inputs."""
 
@@ -80,6 +93,7 @@ CASES = {
     "weight-norm-conv1d-last-dim": (WeightNormConv, lambda b: torch.randn(b, 4, 7)),
     "weight-norm-conv1d-dim0": (lambda: WeightNormConv(dim=0), lambda b: torch.randn(b, 4, 7)),
     "pad-constant": (Pads, lambda b: torch.randn(b, 3, 8, 8)),
+    "pad-depthwise-batchnorm-relu6": (MobileBlock, lambda b: 2 * torch.randn(b, 4, 8, 8)),
     "scalar-into-slice": (ShiftRight, lambda b: torch.randint(0, 10, (b, 5))),
 }
 

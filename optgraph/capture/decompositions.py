@@ -65,13 +65,20 @@ def _conv_weight_grad_im2col(x, grad_out, weight_shape, stride, padding, dilatio
         if padding[d]:
             zeros = x.new_zeros([*x.shape[: 2 + d], padding[d], *x.shape[3 + d :]])
             x = torch.cat([zeros, x, zeros], dim=2 + d)
-    patches = []
+    # One strided slice per tap and dimension, shared by the taps with the same leading offsets (a 3x3
+    # kernel takes 3 + 9 slices, not 18), none where it would take everything (a 1x1 kernel, stride 1):
+    # fewer Slice nodes, which the exporter's optimizer matches pairwise.
+    sliced = {(): x}
     for offsets in itertools.product(*(range(k) for k in kernel)):
-        patch = x
         for d, offset in enumerate(offsets):
-            start = offset * dilation[d]
-            patch = aten.slice(patch, 2 + d, start, start + stride[d] * (out_size[d] - 1) + 1, stride[d])
-        patches.append(patch)
+            if offsets[: d + 1] in sliced:
+                continue
+            patch = sliced[offsets[:d]]
+            start, end = offset * dilation[d], offset * dilation[d] + stride[d] * (out_size[d] - 1) + 1
+            size = patch.shape[2 + d]
+            whole = start == 0 and stride[d] == 1 and isinstance(size, int) and end == size
+            sliced[offsets[: d + 1]] = patch if whole else aten.slice(patch, 2 + d, start, end, stride[d])
+    patches = [sliced[offsets] for offsets in itertools.product(*(range(k) for k in kernel))]
     positions = math.prod(out_size)
     taps = math.prod(kernel)
     cols = torch.stack(patches, dim=2).reshape(n * groups, cg * taps, positions)

@@ -223,6 +223,9 @@ class TrainingSession:
             )
             device = CPU_DEVICE
         self._store = _StateStore({n: artifact.state[n] for n in manifest.state_specs()}, device)
+        # The store holds its own copy of every state tensor: keep only the graphs and the manifest, so the
+        # loaded arrays are not held a second time (the caller's Artifact, if one was passed, is left as it is).
+        self._artifact = Artifact(manifest, artifact.graphs, {})
         for runner in self._runners.values():
             runner.prepare(self._store)
         results = self._runners["train_step"].result_outputs

@@ -89,7 +89,36 @@ class ModuleTracker:
         subject = f"op {op} in {where}" if op else where
         if len(message) > 600:
             message = message[:600] + " ..."
-        return CaptureError(f"cannot capture the {what}: {subject}: {type(exc).__name__}: {message}")
+        hint = ""
+        if _is_data_dependent(exc):
+            line = _user_line(exc)
+            hint = (
+                f"{' at ' + line if line else ''}. The model decides something from a tensor's values (a Python "
+                "`if`/`while` on a tensor, `.item()`, `.tolist()`, `nonzero()` or boolean-mask indexing); a "
+                "compiled step is one fixed graph, so compute both branches and pick with `torch.where`, keep "
+                "shapes independent of values, or make the decision a constant of the model"
+            )
+        return CaptureError(f"cannot capture the {what}: {subject}: {type(exc).__name__}: {message}{hint}")
+
+
+def _is_data_dependent(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return "DataDependent" in text or "data-dependent" in text or "data dependent" in text
+
+
+def _user_line(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of the traceback outside torch and optgraph: the user's code."""
+    import os
+
+    skipped = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+    found = None
+    traceback = exc.__traceback__
+    while traceback is not None:
+        code = traceback.tb_frame.f_code
+        if not code.co_filename.startswith(skipped) and "site-packages" not in code.co_filename:
+            found = f"{code.co_filename}:{traceback.tb_lineno} ({code.co_name})"
+        traceback = traceback.tb_next
+    return found
 
 
 def _failing_autograd_function(exc: BaseException) -> str | None:

@@ -87,3 +87,24 @@ def test_bad_examples_are_capture_errors():
         capture(nn.Linear(4, 2), [np.zeros((3, 4))], (torch.randn(3, 2),), nn.MSELoss())
     with pytest.raises(CaptureError, match="model.forward takes 1 positional argument"):
         capture(nn.Linear(4, 2), (torch.randn(3, 4), torch.randn(3, 4)), (torch.randn(3, 2),), nn.MSELoss())
+
+
+class BranchesOnValues(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if y.sum() > 0:  # data-dependent control flow
+            return y * 2
+        return y
+
+
+def test_data_dependent_control_flow_says_where_and_what_to_change():
+    with pytest.raises(CaptureError) as caught:
+        capture(BranchesOnValues(), (torch.randn(3, 4),), (torch.randint(0, 2, (3,)),), nn.CrossEntropyLoss())
+    message = str(caught.value)
+    line = BranchesOnValues.forward.__code__.co_firstlineno + 2
+    assert f"test_capture_errors.py:{line} (forward)" in message
+    assert "compute both branches and pick with `torch.where`" in message

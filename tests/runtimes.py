@@ -85,3 +85,50 @@ def chromium() -> str:
     installed = (EXAMPLES / "web/node_modules/onnxruntime-web/dist").is_dir()
     require(installed, "onnxruntime-web", "run npm install --ignore-scripts in examples/web")
     return binary
+
+
+_NODE_STEPS = """
+import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+const [packageJson, library, dir, dataFile, namesJson] = process.argv.slice(2);
+const ort = createRequire(packageJson)("onnxruntime-node");
+const { TrainingSession, readSafetensors } = await import(library);
+const manifest = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
+const graphs = Object.fromEntries(Object.entries(manifest.graphs).map(([n, s]) => [n, readFileSync(join(dir, s.file))]));
+const checkpoint = readFileSync(join(dir, "checkpoint.safetensors"));
+const session = await TrainingSession.create(ort, { manifest, graphs, checkpoint }, { intraOpNumThreads: 1 });
+const data = readSafetensors(readFileSync(dataFile));
+const tensor = (t) => new ort.Tensor(t.type, t.data, t.dims);
+const names = JSON.parse(namesJson);
+for (let k = 0; `${names[0]}.${k}` in data; k++) {
+  const batch = Object.fromEntries(names.map((name) => [name, tensor(data[`${name}.${k}`])]));
+  try {
+    console.log(JSON.stringify({ loss: await session.step(batch) }));
+  } catch (error) {
+    console.log(JSON.stringify({ error: error.message }));
+  }
+}
+"""
+
+
+def node_steps(workdir: Path, artifact: Path, batches: list[dict]) -> list[dict]:
+    """Train ``artifact`` in onnxruntime-node with ``examples/js/optgraph.mjs``, one step per batch (any shapes).
+
+    Each batch maps input names to numpy arrays; returns one ``{"loss": float}`` or ``{"error": message}`` a step.
+    """
+    import json
+    import subprocess
+
+    from safetensors.numpy import save_file
+
+    names = list(batches[0])
+    save_file({f"{n}.{k}": b[n] for k, b in enumerate(batches) for n in names}, str(workdir / "steps.safetensors"))
+    (workdir / "steps.mjs").write_text(_NODE_STEPS)
+    command = [
+        node(), "steps.mjs", str(EXAMPLES / "node/package.json"), (EXAMPLES / "js/optgraph.mjs").as_uri(),
+        str(artifact), "steps.safetensors", json.dumps(names),
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(line) for line in run.stdout.splitlines()]

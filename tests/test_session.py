@@ -159,7 +159,10 @@ BAD_BATCHES = {
     ),
     "rank": (lambda x, y: (x[:, 0], y), r"input 'image': expected .* got shape \[4, 8, 8\]"),
     "fixed-dim": (lambda x, y: (x[:, :, :7], y), r"input 'image': expected .* got shape \[4, 1, 7, 8\]"),
-    "batch-mismatch": (lambda x, y: (x, y[:3]), r"target 'target' dimension 0 \('batch'\) is 3, but input 'image' dimension 0 \('batch'\) is 4; they must agree"),
+    "batch-mismatch": (
+        lambda x, y: (x, y[:3]),
+        r"target 'target' dimension 0 \('batch'\) is 3, but input 'image' dimension 0 \('batch'\) is 4; they must agree",
+    ),
     "label-out-of-range": (
         lambda x, y: (x, np.where(np.arange(len(y)) == 2, -1, y)),
         r"target 'target': value -1 at index \[2\] is out of range; expected 0 <= value < 10 or one of \[-100\]",

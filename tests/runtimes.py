@@ -132,3 +132,29 @@ def node_steps(workdir: Path, artifact: Path, batches: list[dict]) -> list[dict]
     run = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     return [json.loads(line) for line in run.stdout.splitlines()]
+
+
+def assert_old_runtimes_match(workdir: Path, pythons: dict[str, Path]) -> None:
+    """``workdir/artifact`` replayed on ``workdir/batches.safetensors`` trains alike here and on each old runtime:
+    losses, learning rates and the final checkpoint."""
+    import json
+    import subprocess
+
+    import numpy as np
+    from replay import replay
+    from safetensors.numpy import load_file
+
+    here = replay(workdir / "artifact", workdir / "batches.safetensors", workdir / "current")
+    expected = load_file(str(workdir / "current/checkpoint/checkpoint.safetensors"))
+    for runtime, python in pythons.items():
+        label = OLD_RUNTIMES[runtime].label
+        command = [str(python), str(REPO / "tests/replay.py"), "artifact", "batches.safetensors", runtime]
+        run = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+        assert run.returncode == 0, f"training on {label} failed:\n{run.stderr[-3000:]}"
+        old = json.loads((workdir / runtime / "history.json").read_text())
+        np.testing.assert_allclose(old["losses"], here["losses"], rtol=1e-5, err_msg=f"losses on {label}")
+        np.testing.assert_allclose(old["lrs"], here["lrs"], rtol=1e-12, err_msg=f"lrs on {label}")
+        actual = load_file(str(workdir / runtime / "checkpoint/checkpoint.safetensors"))
+        assert actual.keys() == expected.keys(), label
+        for name, value in expected.items():
+            np.testing.assert_allclose(actual[name], value, rtol=1e-4, atol=1e-6, err_msg=f"{name} on {label}")

@@ -9,17 +9,13 @@ far more than a replay, so each case compiles once and replays on both.
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import numpy as np
 import pytest
 import torch
 from capture.zoo import MODELS
 from models import make_batch, make_model
-from replay import replay
-from runtimes import OLD_RUNTIMES, REPO, old_runtime_python
-from safetensors.numpy import load_file, save_file
+from runtimes import OLD_RUNTIMES, assert_old_runtimes_match, old_runtime_python
+from safetensors.numpy import save_file
 from torch import nn
 
 import optgraph
@@ -87,20 +83,7 @@ def _old_runtimes():
 def _assert_same_training(artifact: optgraph.Artifact, make_batch_at, tmp_path, pythons):
     artifact.save(tmp_path / "artifact")
     _batches(make_batch_at, tmp_path / "batches.safetensors")
-    here = replay(tmp_path / "artifact", tmp_path / "batches.safetensors", tmp_path / "current")
-    expected = load_file(str(tmp_path / "current/checkpoint/checkpoint.safetensors"))
-    for runtime, python in pythons.items():
-        label = OLD_RUNTIMES[runtime].label
-        command = [str(python), str(REPO / "tests/replay.py"), "artifact", "batches.safetensors", runtime]
-        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-        assert run.returncode == 0, f"training on {label} failed:\n{run.stderr[-3000:]}"
-        old = json.loads((tmp_path / runtime / "history.json").read_text())
-        np.testing.assert_allclose(old["losses"], here["losses"], rtol=1e-5, err_msg=f"losses on {label}")
-        np.testing.assert_allclose(old["lrs"], here["lrs"], rtol=1e-12, err_msg=f"lrs on {label}")
-        actual = load_file(str(tmp_path / runtime / "checkpoint/checkpoint.safetensors"))
-        assert actual.keys() == expected.keys(), label
-        for name, value in expected.items():
-            np.testing.assert_allclose(actual[name], value, rtol=1e-4, atol=1e-6, err_msg=f"{name} on {label}")
+    assert_old_runtimes_match(tmp_path, pythons)
 
 
 @pytest.mark.parametrize("rule", range(len(UPDATE_RULES)), ids=[type(o).__name__ for o, _ in UPDATE_RULES])

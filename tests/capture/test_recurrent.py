@@ -9,8 +9,6 @@ another batch size and sequence length.
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
 
 import numpy as np
 import onnx
@@ -19,9 +17,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from models import assert_close, assert_state_matches
-from replay import replay
-from runtimes import OLD_RUNTIMES, REPO, node, node_steps, old_runtime_python
-from safetensors.numpy import load_file, save_file
+from runtimes import OLD_RUNTIMES, assert_old_runtimes_match, node, node_steps, old_runtime_python
+from safetensors.numpy import save_file
 from torch import nn
 
 import optgraph
@@ -212,18 +209,7 @@ def test_one_artifact_trains_at_several_sequence_lengths_on_onnxruntime_1_19(tmp
         x, y = _batch(model, batch, time, gen)
         batches[f"{step}/x"], batches[f"{step}/target"] = x.numpy(), y.numpy()
     save_file(batches, str(tmp_path / "batches.safetensors"))
-    here = replay(tmp_path / "artifact", tmp_path / "batches.safetensors", tmp_path / "current")
-    expected = load_file(str(tmp_path / "current/checkpoint/checkpoint.safetensors"))
-    for runtime, python in pythons.items():
-        label = OLD_RUNTIMES[runtime].label
-        command = [str(python), str(REPO / "tests/replay.py"), "artifact", "batches.safetensors", runtime]
-        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
-        assert run.returncode == 0, f"training on {label} failed:\n{run.stderr[-3000:]}"
-        old = json.loads((tmp_path / runtime / "history.json").read_text())
-        np.testing.assert_allclose(old["losses"], here["losses"], rtol=1e-5, err_msg=f"losses on {label}")
-        actual = load_file(str(tmp_path / runtime / "checkpoint/checkpoint.safetensors"))
-        for key, value in expected.items():
-            np.testing.assert_allclose(actual[key], value, rtol=1e-4, atol=1e-6, err_msg=f"{key} on {label}")
+    assert_old_runtimes_match(tmp_path, pythons)
 
 
 def test_one_artifact_trains_at_several_sequence_lengths_in_onnxruntime_node(tmp_path):

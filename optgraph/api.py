@@ -12,14 +12,28 @@ import numpy as np
 from optgraph import lr_scheduler as schedules
 from optgraph import optim
 from optgraph.artifact import Artifact, GraphSpec, Manifest, TensorSpec
-from optgraph.artifact.dims import SYMBOLS
-from optgraph.artifact.index_range import INDEX_RANGE
-from optgraph.rewrite.state import NEXT
+from optgraph.artifact.names import (
+    ALIASES_KEY,
+    CLIP_GRAD_NORM_KEY,
+    DATA_INPUTS_KEY,
+    DYNAMIC_BATCH_KEY,
+    GRAD_ACCUMULATION_STEPS_KEY,
+    GRAPH_FILES,
+    INDEX_RANGE_KEY,
+    LR_SCHEDULER_KEY,
+    OPTIMIZER_KEY,
+    OUTPUTS_KEY,
+    PARAM_GROUPS_KEY,
+    PRODUCER_KEY,
+    STATE_HAS_STEP_KEY,
+    SYMBOLS_KEY,
+    TARGETS_KEY,
+    GraphName,
+    state_of_next,
+)
 
 if TYPE_CHECKING:
     import onnx_ir as ir
-
-GRAPH_FILES = {"train_step": "train_step.onnx", "scheduler_step": "scheduler_step.onnx", "eval": "eval.onnx"}
 
 
 def compile(  # noqa: A001 - the public name DESIGN.md gives
@@ -102,70 +116,37 @@ def build_artifact(
     """Rewrite a :class:`~optgraph.capture.Captured` into an artifact (the capture is left unchanged)."""
     import onnx_ir as ir
 
-    from optgraph.rewrite.accumulate import AccumulateGradients, GateOnUpdate
-    from optgraph.rewrite.attach_optimizer import AttachOptimizer
-    from optgraph.rewrite.clip import ClipGradNorm
-    from optgraph.rewrite.scheduler_graph import build_scheduler_step
-    from optgraph.rewrite.skip_non_finite import SkipNonFinite
-    from optgraph.rewrite.versions import declare_lowest_versions
+    from optgraph.rewrite.pipeline import rewrite_training
 
     _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
     optimizer = optim.Adam() if optimizer is None else optimizer
-    schedule = schedules.ConstantSchedule() if lr_scheduler is None else lr_scheduler
-    groups = optimizer.resolve(captured.trainable)
+    schedule = schedules.NoSchedule() if lr_scheduler is None else lr_scheduler
+    rewritten = rewrite_training(captured, optimizer, schedule, clip_grad_norm, grad_accumulation_steps)
 
-    train = ir.from_proto(ir.to_proto(captured.train))  # a copy: the passes work in place
-    accumulate = AccumulateGradients(grad_accumulation_steps) if grad_accumulation_steps > 1 else None
-    if accumulate is not None:
-        accumulate(train)
-    if clip_grad_norm is not None:
-        ClipGradNorm(float(clip_grad_norm))(train)
-    attach = AttachOptimizer(optimizer, schedule, groups)
-    attach(train)
-    if accumulate is not None:
-        gated = set(captured.trainable) | {t.name for t in attach.new_state if t.role in ("optim_state", "counter")}
-        GateOnUpdate(accumulate.is_update, gated)(train)
-    SkipNonFinite(attach.gradients, captured.updated_buffers)(train)
-    opset = train.opset_imports[""]
-    scheduler, schedule_state = build_scheduler_step(schedule, groups, opset, train.ir_version)
-
-    added = attach.new_state + schedule_state + (accumulate.new_state if accumulate is not None else [])
-    new_state = {t.name: t for t in added}
-    roles = {n: "input" for n in captured.data_names} | {n: "target" for n in captured.target_names}
-    roles |= {n: "param" for n in captured.trainable + captured.frozen} | {n: "buffer" for n in captured.buffers}
-    roles |= {n: t.role for n, t in new_state.items()} | {"loss": "loss", "update_applied": "status"}
-    roles |= {n: "output" for n in captured.output_names}
-    if schedule.metric_input is not None:
-        roles[schedule.metric_input] = "input"
-    meta = {n: {"trainable": True} for n in captured.trainable} | {n: {"trainable": False} for n in captured.frozen}
-    meta |= {n: t.meta for n, t in new_state.items()}
-
-    models = {"train_step": train, "scheduler_step": scheduler, "eval": captured.eval}
-    ranges = {"train_step": captured.train_index_ranges, "eval": captured.eval_index_ranges}
-    graphs = {
-        name: _graph_spec(
-            GRAPH_FILES[name], m, roles, meta | {n: {INDEX_RANGE: r.to_json()} for n, r in ranges.get(name, {}).items()}
-        )
-        for name, m in models.items()
-    }
-    state = dict(captured.state) | {n: np.asarray(t.init) for n, t in new_state.items()}
+    ranges = {GraphName.TRAIN_STEP: captured.train_index_ranges, GraphName.EVAL: captured.eval_index_ranges}
+    graphs = {}
+    for name, model in rewritten.graphs.items():
+        meta = rewritten.meta | {n: {INDEX_RANGE_KEY: r.to_json()} for n, r in ranges.get(name, {}).items()}
+        graphs[name] = _graph_spec(GRAPH_FILES[name], model, rewritten.roles, meta)
+    state = dict(captured.state) | {n: np.asarray(t.init) for n, t in rewritten.new_state.items()}
     extra = {
-        "data_inputs": captured.data_names,
-        "targets": captured.target_names,
-        "outputs": captured.output_names,
-        "aliases": captured.aliases,
-        SYMBOLS: {name: bounds.to_json() for name, bounds in captured.symbols.items()},
-        "dynamic_batch": any(shape[:1] and isinstance(shape[0], str) for shape in captured.shapes.values()),
-        "optimizer": {**optimizer.config(), "state_has_step": optimizer.has_step_slot},
-        "lr_scheduler": schedule.config(),
-        "param_groups": [{"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in groups],
-        "clip_grad_norm": clip_grad_norm,
-        "grad_accumulation_steps": grad_accumulation_steps,
-        "producer": _producer(),
+        DATA_INPUTS_KEY: captured.data_names,
+        TARGETS_KEY: captured.target_names,
+        OUTPUTS_KEY: captured.output_names,
+        ALIASES_KEY: captured.aliases,
+        SYMBOLS_KEY: {name: bounds.to_json() for name, bounds in captured.symbols.items()},
+        DYNAMIC_BATCH_KEY: any(shape[:1] and isinstance(shape[0], str) for shape in captured.shapes.values()),
+        OPTIMIZER_KEY: {**optimizer.config(), STATE_HAS_STEP_KEY: optimizer.has_step_slot},
+        LR_SCHEDULER_KEY: schedule.config(),
+        PARAM_GROUPS_KEY: [
+            {"index": g.index, "params": list(g.params), "lr": float(g.options["lr"])} for g in rewritten.groups
+        ],
+        CLIP_GRAD_NORM_KEY: clip_grad_norm,
+        GRAD_ACCUMULATION_STEPS_KEY: grad_accumulation_steps,
+        PRODUCER_KEY: _producer(),
     }
-    manifest = Manifest(graphs, extra)
-    serialized = {name: ir.to_proto(declare_lowest_versions(m)).SerializeToString() for name, m in models.items()}
-    return Artifact(manifest, serialized, state)
+    serialized = {name: ir.to_proto(m).SerializeToString() for name, m in rewritten.graphs.items()}
+    return Artifact(Manifest(graphs, extra), serialized, state)
 
 
 def _dtype_name(value: ir.Value) -> str:
@@ -177,20 +158,18 @@ def _shape(value: ir.Value) -> list[int | str]:
 
 
 def _graph_spec(file: str, model: ir.Model, roles: dict, meta: dict) -> GraphSpec:
-    inputs = [
-        TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v), meta=meta.get(v.name, {}))
+    inputs = {
+        v.name: TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v), meta=meta.get(v.name, {}))
         for v in model.graph.inputs
-    ]
-    input_names = {t.name for t in inputs}
+    }
     outputs = []
     for v in model.graph.outputs:
-        fed = v.name[: -len(NEXT)] if v.name.endswith(NEXT) else None
-        if fed is not None and fed in input_names:
-            source = next(t for t in inputs if t.name == fed)
-            outputs.append(TensorSpec(v.name, source.role, source.dtype, list(source.shape), feeds=fed))
+        fed = inputs.get(state_of_next(v.name))
+        if fed is not None:
+            outputs.append(TensorSpec(v.name, fed.role, fed.dtype, list(fed.shape), feeds=fed.name))
         else:
             outputs.append(TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v)))
-    return GraphSpec(file, inputs, outputs)
+    return GraphSpec(file, list(inputs.values()), outputs)
 
 
 def _producer() -> dict[str, str]:

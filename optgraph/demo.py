@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from optgraph.artifact.names import DATA_INPUTS_KEY, TARGETS_KEY
+
 
 def _digits(seed: int):
     from sklearn.datasets import load_digits
@@ -61,7 +63,7 @@ def run(out: str | Path = "optgraph-demo", epochs: int = 12, batch_size: int = 3
         lr_scheduler=lr_scheduler.StepLR(step_size=5, gamma=0.3),
     )
     artifact.save(out / "artifact")
-    names = artifact.manifest.extra["data_inputs"] + artifact.manifest.extra["targets"]
+    names = artifact.manifest.extra[DATA_INPUTS_KEY] + artifact.manifest.extra[TARGETS_KEY]
     save_file(dict(zip(names, (x_train, y_train))), str(out / "digits-train.safetensors"))  # for examples/
     compiled = time.perf_counter()
     print(f"compiled in {compiled - started:.1f} s -> {out / 'artifact'}")

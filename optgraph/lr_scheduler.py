@@ -14,10 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from optgraph.artifact.names import NO_SCHEDULE_NAME, SCHEDULE_LR, schedule_state_name
+
 if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
     import onnx_ir as ir
 
-    from optgraph.rewrite.builder import GraphBuilder
+    from optgraph.graph.builder import GraphBuilder
+
+
+__all__ = [
+    "ChainedScheduler", "ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "ExponentialLR",
+    "LRScheduler", "LinearLR", "MultiStepLR", "OneCycleLR", "PolynomialLR", "ReduceLROnPlateau", "SequentialLR",
+    "StepLR",
+]  # fmt: skip
 
 
 def _fresh_start(last_epoch: int) -> None:
@@ -34,12 +43,12 @@ class LRScheduler:
 
     A schedule whose learning rate depends on more than the epoch (ReduceLROnPlateau)
     sets ``lr_from_state``: the train step then reads the ``schedule.lr`` state
-    that its ``emit_advance`` keeps, and ``metric_input`` names the value
-    ``scheduler_step`` takes.
+    that its ``emit_advance`` keeps, and ``driven_by_metric`` says that
+    ``scheduler_step`` takes a metric (the input ``METRIC``).
     """
 
     lr_from_state = False
-    metric_input: str | None = None
+    driven_by_metric = False
 
     def for_group(self, index: int) -> LRScheduler:
         """This schedule as seen by parameter group ``index`` (per-group arguments such as a list of max_lr)."""
@@ -82,8 +91,16 @@ class LRScheduler:
         return f"{self.name}({args})"
 
 
-class ConstantSchedule(LRScheduler):
-    """No schedule: the base learning rate at every epoch."""
+class NoSchedule(LRScheduler):
+    """What ``compile(lr_scheduler=None)`` trains with: the base learning rate at every epoch.
+
+    Not torch's ``ConstantLR`` (a factor for some epochs). Its manifest name,
+    ``NO_SCHEDULE_NAME``, is the one version-1 artifacts carry.
+    """
+
+    @property
+    def name(self) -> str:
+        return NO_SCHEDULE_NAME
 
     def emit_lr(self, b, epoch, base_lr):
         return b.double(base_lr)
@@ -275,6 +292,11 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * position / length)) / 2
 
 
+BEST = schedule_state_name("best")
+NUM_BAD_EPOCHS = schedule_state_name("num_bad_epochs")
+COOLDOWN_COUNTER = schedule_state_name("cooldown_counter")
+
+
 class ReduceLROnPlateau(LRScheduler):
     """torch.optim.lr_scheduler.ReduceLROnPlateau: ``scheduler_step(metric)`` cuts the lr by ``factor``
     after ``patience`` epochs without improvement, then waits ``cooldown`` epochs.
@@ -284,7 +306,7 @@ class ReduceLROnPlateau(LRScheduler):
     """
 
     lr_from_state = True
-    metric_input = "metric"
+    driven_by_metric = True
 
     def __init__(
         self,
@@ -322,9 +344,9 @@ class ReduceLROnPlateau(LRScheduler):
         self._min_lrs(len(base_lrs))
         worst = np.inf if self.mode == "min" else -np.inf
         return {
-            "schedule.best": np.array(worst, np.float64),
-            "schedule.num_bad_epochs": np.array(0, np.int64),
-            "schedule.cooldown_counter": np.array(0, np.int64),
+            BEST: np.array(worst, np.float64),
+            NUM_BAD_EPOCHS: np.array(0, np.int64),
+            COOLDOWN_COUNTER: np.array(0, np.int64),
         }
 
     def _emit_is_better(self, b, metric, best):
@@ -338,12 +360,12 @@ class ReduceLROnPlateau(LRScheduler):
         return b.op("Greater", metric, bound)
 
     def emit_advance(self, b, state, metric, base_lrs):
-        i64 = state["schedule.num_bad_epochs"].dtype
+        i64 = state[NUM_BAD_EPOCHS].dtype
         zero, one = b.const(0, i64), b.const(1, i64)
         best, bad, cooldown = (
-            state["schedule.best"],
-            state["schedule.num_bad_epochs"],
-            state["schedule.cooldown_counter"],
+            state[BEST],
+            state[NUM_BAD_EPOCHS],
+            state[COOLDOWN_COUNTER],
         )
         better = self._emit_is_better(b, metric, best)
         best = b.op("Where", better, metric, best)
@@ -352,15 +374,15 @@ class ReduceLROnPlateau(LRScheduler):
         cooldown = b.op("Where", in_cooldown, b.op("Sub", cooldown, one), cooldown)
         bad = b.op("Where", in_cooldown, zero, bad)
         reduce = b.op("Greater", bad, b.const(self.patience, i64))
-        lrs = state["schedule.lr"]
+        lrs = state[SCHEDULE_LR]
         reduced = b.op("Max", b.op("Mul", lrs, b.double(self.factor)), b.double(self._min_lrs(len(base_lrs))))
         worth_it = b.op("Greater", b.op("Sub", lrs, reduced), b.double(self.eps))
         lrs = b.op("Where", b.op("And", reduce, worth_it), reduced, lrs)
         return {
-            "schedule.best": best,
-            "schedule.num_bad_epochs": b.op("Where", reduce, zero, bad),
-            "schedule.cooldown_counter": b.op("Where", reduce, b.const(self.cooldown, i64), cooldown),
-            "schedule.lr": lrs,
+            BEST: best,
+            NUM_BAD_EPOCHS: b.op("Where", reduce, zero, bad),
+            COOLDOWN_COUNTER: b.op("Where", reduce, b.const(self.cooldown, i64), cooldown),
+            SCHEDULE_LR: lrs,
         }
 
 

@@ -21,6 +21,20 @@ import onnx
 import onnxruntime as ort
 
 from optgraph.artifact import Artifact, GraphSpec, TensorSpec
+from optgraph.artifact.names import (
+    ALIASES_KEY,
+    GRAPH_NAMES,
+    OPTIMIZER_KEY,
+    PARAM_KEY,
+    SCHEDULE_LR,
+    SLOT_KEY,
+    STATE_HAS_STEP_KEY,
+    STEP_COUNTER,
+    TRAINABLE_KEY,
+    UPDATE_APPLIED,
+    GraphName,
+    Role,
+)
 from optgraph.batch import check_batch
 from optgraph.devices import CPU_DEVICE, can_allocate, state_device
 from optgraph.errors import ArtifactError, NonFiniteError, RunError
@@ -38,8 +52,6 @@ ORT_ERRORS = (
 )
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-STEP_COUNTER = "counter.step"
-SCHEDULE_LR = "schedule.lr"
 
 
 @functools.lru_cache(maxsize=1)
@@ -210,9 +222,9 @@ class TrainingSession:
             name: _GraphRunner(
                 artifact.graphs[name], manifest.graphs[name], name, providers, provider_options, session_options
             )
-            for name in ("train_step", "scheduler_step", "eval")
+            for name in GRAPH_NAMES
         }
-        train = self._runners["train_step"].session
+        train = self._runners[GraphName.TRAIN_STEP].session
         device = state_device(train.get_providers(), train.get_provider_options())
         if not can_allocate(device):
             warnings.warn(
@@ -228,14 +240,14 @@ class TrainingSession:
         self._artifact = Artifact(manifest, artifact.graphs, {})
         for runner in self._runners.values():
             runner.prepare(self._store)
-        results = self._runners["train_step"].result_outputs
-        self._loss_index = next(i for i, t in enumerate(results) if t.role == "loss")
-        self._applied_index = next((i for i, t in enumerate(results) if t.name == "update_applied"), None)
+        results = self._runners[GraphName.TRAIN_STEP].result_outputs
+        self._loss_index = next(i for i, t in enumerate(results) if t.role == Role.LOSS)
+        self._applied_index = next((i for i, t in enumerate(results) if t.name == UPDATE_APPLIED), None)
 
     # -- training -----------------------------------------------------------
     def step(self, *batch) -> float:
         """One optimizer step on ``(*inputs, *targets)``; returns the loss."""
-        runner = self._runners["train_step"]
+        runner = self._runners[GraphName.TRAIN_STEP]
         arrays = check_batch(runner.batch_inputs, batch, "step()", self.manifest.symbols)
         results = runner.run(self._store, arrays)
         loss = float(results[self._loss_index])
@@ -249,7 +261,7 @@ class TrainingSession:
 
     def scheduler_step(self, metric: float | None = None) -> None:
         """Advance the learning-rate schedule by one epoch (torch's ``scheduler.step()``)."""
-        runner = self._runners["scheduler_step"]
+        runner = self._runners[GraphName.SCHEDULER_STEP]
         if runner.batch_inputs:
             if metric is None:
                 raise TypeError("scheduler_step() needs the metric for this schedule: scheduler_step(metric)")
@@ -268,7 +280,7 @@ class TrainingSession:
 
     def eval(self, *inputs):
         """The model's forward pass in eval mode; one array, or a tuple for several outputs."""
-        runner = self._runners["eval"]
+        runner = self._runners[GraphName.EVAL]
         arrays = check_batch(runner.batch_inputs, inputs, "eval()", self.manifest.symbols)
         outputs = runner.run(self._store, arrays)
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
@@ -295,8 +307,8 @@ class TrainingSession:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters and buffers by torch name (tied weights under each of their names): loads into the torch model."""
-        state = {t.name: self._store.read(t.name) for t in self._specs("param", "buffer")}
-        for alias, name in self._artifact.manifest.extra.get("aliases", {}).items():
+        state = {t.name: self._store.read(t.name) for t in self._specs(Role.PARAM, Role.BUFFER)}
+        for alias, name in self._artifact.manifest.extra.get(ALIASES_KEY, {}).items():
             state[alias] = state[name]
         return state
 
@@ -305,13 +317,13 @@ class TrainingSession:
         steps = int(self._store.read(STEP_COUNTER))
         if steps == 0:
             return {}
-        has_step = self._artifact.manifest.extra.get("optimizer", {}).get("state_has_step", False)
+        has_step = self._artifact.manifest.extra.get(OPTIMIZER_KEY, {}).get(STATE_HAS_STEP_KEY, False)
         state: dict[str, dict[str, np.ndarray]] = {}
-        for t in self._specs("param"):
-            if t.meta.get("trainable") and has_step:
+        for t in self._specs(Role.PARAM):
+            if t.meta.get(TRAINABLE_KEY) and has_step:
                 state[t.name] = {"step": np.array(steps, np.float32)}
-        for t in self._specs("optim_state"):
-            state.setdefault(t.meta["param"], {})[t.meta["slot"]] = self._store.read(t.name)
+        for t in self._specs(Role.OPTIM_STATE):
+            state.setdefault(t.meta[PARAM_KEY], {})[t.meta[SLOT_KEY]] = self._store.read(t.name)
         return state
 
     def _snapshot(self) -> Artifact:
@@ -324,7 +336,7 @@ class TrainingSession:
 
     def export_inference(self, path: str | os.PathLike) -> Path:
         """Write a standalone eval-mode model with the trained weights as initializers."""
-        return export_inference(self._artifact.graphs["eval"], self.state_dict(), path)
+        return export_inference(self._artifact.graphs[GraphName.EVAL], self.state_dict(), path)
 
     # -- profiling ----------------------------------------------------------
     def end_profiling(self) -> dict[str, Path]:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from optgraph.artifact import TensorSpec
-from optgraph.artifact.index_range import INDEX_RANGE, IndexRange
+from optgraph.artifact.index_range import IndexRange
+from optgraph.artifact.names import INDEX_RANGE_KEY as INDEX_RANGE
 from optgraph.batch import check_batch
 from optgraph.errors import ArtifactError, InputError
 

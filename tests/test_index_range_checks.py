@@ -23,7 +23,7 @@ from torch import nn
 
 import optgraph
 from optgraph import optim
-from optgraph.artifact.index_range import INDEX_RANGE
+from optgraph.artifact.names import INDEX_RANGE_KEY as INDEX_RANGE
 from optgraph.errors import InputError
 
 CPU = ["CPUExecutionProvider"]

@@ -12,15 +12,8 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from optgraph.artifact.checks import check_digest, check_graph, check_manifest, check_state, digest
-from optgraph.artifact.manifest import (
-    CHECKPOINT_FILE,
-    FORMAT_NAME,
-    GRAPH_NAMES,
-    MANIFEST_FILE,
-    SHA256_KEY,
-    Manifest,
-    is_plain_file_name,
-)
+from optgraph.artifact.manifest import FORMAT_NAME, Manifest, is_plain_file_name
+from optgraph.artifact.names import CHECKPOINT_FILE, GRAPH_NAMES, MANIFEST_FILE, SHA256_KEY
 from optgraph.artifact.storage import missing_directory_error, save_directory
 from optgraph.errors import ArtifactError
 

@@ -14,25 +14,39 @@ from typing import Any
 import numpy as np
 import onnx
 
-from optgraph.artifact.manifest import (
+from optgraph.artifact.manifest import GraphSpec, Manifest, TensorSpec, is_plain_file_name
+from optgraph.artifact.names import (
+    ALIASES_KEY,
     CHECKPOINT_FILE,
     GRAPH_NAMES,
     LOSS,
     MANIFEST_FILE,
     OPTIM_STATE_PREFIX,
+    OPTIMIZER_KEY,
+    PARAM_KEY,
     SCHEDULE_LR,
     SHA256_KEY,
+    SLOT_KEY,
+    STATE_HAS_STEP_KEY,
     STEP_COUNTER,
-    GraphSpec,
-    Manifest,
-    TensorSpec,
-    is_plain_file_name,
+    TRAINABLE_KEY,
+    GraphName,
+    Role,
+    optim_slot_name,
 )
 from optgraph.errors import ArtifactError
 
 # The roles each graph's non-state inputs and non-state outputs may have.
-_BATCH_ROLES = {"train_step": {"input", "target"}, "scheduler_step": {"input"}, "eval": {"input"}}
-_RESULT_ROLES = {"train_step": {"loss", "status", "lr"}, "scheduler_step": {"lr"}, "eval": {"output"}}
+_BATCH_ROLES = {
+    GraphName.TRAIN_STEP: {Role.INPUT, Role.TARGET},
+    GraphName.SCHEDULER_STEP: {Role.INPUT},
+    GraphName.EVAL: {Role.INPUT},
+}
+_RESULT_ROLES = {
+    GraphName.TRAIN_STEP: {Role.LOSS, Role.STATUS, Role.LR},
+    GraphName.SCHEDULER_STEP: {Role.LR},
+    GraphName.EVAL: {Role.OUTPUT},
+}
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
@@ -55,16 +69,16 @@ def check_manifest(root: Path, manifest: Manifest) -> None:
         raise ArtifactError(f"{where}: graph files {files} must be distinct and not {MANIFEST_FILE}/{CHECKPOINT_FILE}")
     for name in GRAPH_NAMES:
         _check_roles(where, name, manifest.graphs[name])
-    train = manifest.graphs["train_step"]
-    if [t.role for t in train.outputs].count("loss") != 1 or not any(t.name == LOSS for t in train.outputs):
-        raise ArtifactError(f"{where}: train_step must have exactly one output {LOSS!r} with role 'loss'")
-    if len([t for t in manifest.graphs["scheduler_step"].inputs if not t.is_state]) > 1:
+    train = manifest.graphs[GraphName.TRAIN_STEP]
+    if [t.role for t in train.outputs].count(Role.LOSS) != 1 or not any(t.name == LOSS for t in train.outputs):
+        raise ArtifactError(f"{where}: train_step must have exactly one output {LOSS!r} with role {Role.LOSS.value!r}")
+    if len([t for t in manifest.graphs[GraphName.SCHEDULER_STEP].inputs if not t.is_state]) > 1:
         raise ArtifactError(f"{where}: scheduler_step takes at most one non-state input (the metric)")
-    if not any(t.role == "output" for t in manifest.graphs["eval"].outputs):
-        raise ArtifactError(f"{where}: eval has no output with role 'output'")
+    if not any(t.role == Role.OUTPUT for t in manifest.graphs[GraphName.EVAL].outputs):
+        raise ArtifactError(f"{where}: eval has no output with role {Role.OUTPUT.value!r}")
     state = manifest.state_specs()
-    _expect_state(where, state, STEP_COUNTER, "counter", "int64", [])
-    lr = _expect_state(where, state, SCHEDULE_LR, "schedule_state", "float64", None)
+    _expect_state(where, state, STEP_COUNTER, Role.COUNTER, "int64", [])
+    lr = _expect_state(where, state, SCHEDULE_LR, Role.SCHEDULE_STATE, "float64", None)
     if len(lr.shape) != 1 or not isinstance(lr.shape[0], int) or lr.shape[0] < 1:
         raise ArtifactError(f"{where}: state {SCHEDULE_LR!r} must have shape [groups], got {lr.shape}")
     for spec in state.values():
@@ -92,33 +106,33 @@ def _expect_state(where: Path, state: dict[str, TensorSpec], name: str, role: st
 def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec]) -> None:
     if any(isinstance(d, str) for d in spec.shape):
         raise ArtifactError(f"{where}: state {spec.name!r} has a symbolic shape {spec.shape}; state shapes are fixed")
-    if "trainable" in spec.meta and not isinstance(spec.meta["trainable"], bool):
-        raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean 'trainable'")
-    if spec.role == "optim_state":
-        param, slot = spec.meta.get("param"), spec.meta.get("slot")
+    if TRAINABLE_KEY in spec.meta and not isinstance(spec.meta[TRAINABLE_KEY], bool):
+        raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean {TRAINABLE_KEY!r}")
+    if spec.role == Role.OPTIM_STATE:
+        param, slot = spec.meta.get(PARAM_KEY), spec.meta.get(SLOT_KEY)
         if (
             not isinstance(slot, str)
             or not isinstance(param, str)
-            or spec.name != f"{OPTIM_STATE_PREFIX}{slot}.{param}"
+            or spec.name != optim_slot_name(slot, param)
             or param not in state
-            or state[param].role != "param"
+            or state[param].role != Role.PARAM
         ):
             raise ArtifactError(
                 f"{where}: optimizer state {spec.name!r} must be named {OPTIM_STATE_PREFIX}<slot>.<param> "
-                f"after its 'slot' and 'param' (a parameter), got {slot!r} and {param!r}"
+                f"after its {SLOT_KEY!r} and {PARAM_KEY!r} (a parameter), got {slot!r} and {param!r}"
             )
 
 
 def _check_extra(where: Path, extra: dict[str, Any], state: dict[str, TensorSpec]) -> None:
-    aliases = extra.get("aliases", {})
+    aliases = extra.get(ALIASES_KEY, {})
     if not isinstance(aliases, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v in state and state[v].role in ("param", "buffer")
+        isinstance(k, str) and isinstance(v, str) and v in state and state[v].role in (Role.PARAM, Role.BUFFER)
         for k, v in aliases.items()
     ):
-        raise ArtifactError(f"{where}: 'aliases' must map names to parameters or buffers, got {aliases!r}")
-    optimizer = extra.get("optimizer", {})
-    if not isinstance(optimizer, dict) or not isinstance(optimizer.get("state_has_step", False), bool):
-        raise ArtifactError(f"{where}: 'optimizer' must be an object with a boolean 'state_has_step'")
+        raise ArtifactError(f"{where}: {ALIASES_KEY!r} must map names to parameters or buffers, got {aliases!r}")
+    optimizer = extra.get(OPTIMIZER_KEY, {})
+    if not isinstance(optimizer, dict) or not isinstance(optimizer.get(STATE_HAS_STEP_KEY, False), bool):
+        raise ArtifactError(f"{where}: {OPTIMIZER_KEY!r} must be an object with a boolean {STATE_HAS_STEP_KEY!r}")
     digests = extra.get(SHA256_KEY, {})
     if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
         raise ArtifactError(f"{where}: {SHA256_KEY!r} must map file names to hex digests")
@@ -127,7 +141,7 @@ def _check_extra(where: Path, extra: dict[str, Any], state: dict[str, TensorSpec
 def check_digest(root: Path, manifest: Manifest, file: str, data: bytes) -> None:
     expected = manifest.extra.get(SHA256_KEY, {}).get(file)
     if expected is not None and digest(data) != expected.lower():
-        raise ArtifactError(f"{root / file}: contents do not match the sha256 in manifest.json (corrupt or edited)")
+        raise ArtifactError(f"{root / file}: contents do not match the sha256 in {MANIFEST_FILE} (corrupt or edited)")
 
 
 def check_graph(path: Path, data: bytes, spec: GraphSpec) -> None:
@@ -156,7 +170,7 @@ def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list
         missing = sorted({t.name for t in specs} - set(graph_names))
         unknown = sorted(set(graph_names) - {t.name for t in specs})
         raise ArtifactError(
-            f"{path}: the graph's {kind}s do not match manifest.json (graph only: {unknown[:5]}, "
+            f"{path}: the graph's {kind}s do not match {MANIFEST_FILE} (graph only: {unknown[:5]}, "
             f"manifest only: {missing[:5]})"
         )
     by_name = {t.name: t for t in specs}
@@ -168,12 +182,12 @@ def _match(path: Path, kind: str, values: list[onnx.ValueInfoProto], specs: list
         if (dtype is not None and dtype != spec.dtype) or len(shape) != len(spec.shape):
             raise ArtifactError(
                 f"{path}: {kind} {value.name!r} is {dtype}{shape} in the graph, "
-                f"manifest.json says {spec.dtype}{spec.shape}"
+                f"{MANIFEST_FILE} says {spec.dtype}{spec.shape}"
             )
         for ours, theirs in zip(shape, spec.shape):
             if ours is not None and ours != theirs:  # a declared dim, static or symbolic, must be the manifest's
                 raise ArtifactError(
-                    f"{path}: {kind} {value.name!r} has shape {shape} in the graph, manifest.json says {spec.shape}"
+                    f"{path}: {kind} {value.name!r} has shape {shape} in the graph, {MANIFEST_FILE} says {spec.shape}"
                 )
 
 
@@ -247,13 +261,13 @@ def check_state(path: Path, manifest: Manifest, state: dict[str, np.ndarray]) ->
     specs = manifest.state_specs()
     for name, spec in specs.items():
         if name not in state:
-            raise ArtifactError(f"{path}: missing state tensor {name!r} that manifest.json declares")
+            raise ArtifactError(f"{path}: missing state tensor {name!r} that {MANIFEST_FILE} declares")
         array = state[name]
         if str(array.dtype) != spec.dtype or list(array.shape) != spec.shape:
             raise ArtifactError(
                 f"{path}: tensor {name!r} is {array.dtype}{list(array.shape)}, "
-                f"manifest.json expects {spec.dtype}{spec.shape}"
+                f"{MANIFEST_FILE} expects {spec.dtype}{spec.shape}"
             )
     unknown = sorted(set(state) - set(specs))
     if unknown:
-        raise ArtifactError(f"{path}: holds tensors manifest.json does not declare: {unknown[:5]}")
+        raise ArtifactError(f"{path}: holds tensors {MANIFEST_FILE} does not declare: {unknown[:5]}")

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from optgraph.artifact.names import MANIFEST_FILE, SYMBOLS_KEY
 from optgraph.errors import ArtifactError
 
-SYMBOLS = "symbols"
 """The top-level manifest key: symbol name -> :class:`SymbolBounds` as JSON."""
 
 MAX_EXPRESSION_LENGTH = 200
@@ -200,15 +200,17 @@ class SymbolBounds:
     @classmethod
     def from_json(cls, data: Any, where: str) -> SymbolBounds:
         if not isinstance(data, dict) or set(data) - {"min", "max"}:
-            raise ArtifactError(f"manifest.json: {where} must be an object with optional 'min' and 'max', got {data!r}")
+            raise ArtifactError(
+                f"{MANIFEST_FILE}: {where} must be an object with optional 'min' and 'max', got {data!r}"
+            )
         values = {}
         for key in ("min", "max"):
             value = data.get(key)
             if value is not None and (type(value) is not int or value < 0):
-                raise ArtifactError(f"manifest.json: {where}.{key} must be a non-negative int, got {value!r}")
+                raise ArtifactError(f"{MANIFEST_FILE}: {where}.{key} must be a non-negative int, got {value!r}")
             values[key] = value
         if values["min"] is not None and values["max"] is not None and values["min"] > values["max"]:
-            raise ArtifactError(f"manifest.json: {where} has min {values['min']} > max {values['max']}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} has min {values['min']} > max {values['max']}")
         return cls(values["min"], values["max"])
 
 
@@ -217,7 +219,7 @@ def parse_symbols(data: Any) -> dict[str, SymbolBounds]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ArtifactError(f"manifest.json: {SYMBOLS!r} must be an object, got {type(data).__name__}")
+        raise ArtifactError(f"{MANIFEST_FILE}: {SYMBOLS_KEY!r} must be an object, got {type(data).__name__}")
     out = {}
     for name, bounds in data.items():
         try:
@@ -225,6 +227,6 @@ def parse_symbols(data: Any) -> dict[str, SymbolBounds]:
         except DimSyntaxError:
             is_name = False
         if not is_name:
-            raise ArtifactError(f"manifest.json: {SYMBOLS!r} has {name!r}, which is not a symbol name")
-        out[name] = SymbolBounds.from_json(bounds, f"{SYMBOLS}.{name}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {SYMBOLS_KEY!r} has {name!r}, which is not a symbol name")
+        out[name] = SymbolBounds.from_json(bounds, f"{SYMBOLS_KEY}.{name}")
     return out

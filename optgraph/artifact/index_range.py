@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from optgraph.artifact.names import INDEX_RANGE_KEY, MANIFEST_FILE
 from optgraph.errors import ArtifactError
 
-INDEX_RANGE = "index_range"
 """The key of an input's :class:`IndexRange` in its ``TensorSpec.meta`` (and in ``manifest.json``)."""
 
 
@@ -47,7 +47,7 @@ class IndexRange:
             if low >= high:
                 raise ValueError(f"the range [{low}, {high}) is empty")
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ArtifactError(f"manifest.json: {where} has an invalid {INDEX_RANGE} {data!r} ({e})") from None
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} has an invalid {INDEX_RANGE_KEY} {data!r} ({e})") from None
         return cls(low, high, also, region)
 
     def describe(self) -> str:

@@ -14,39 +14,22 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from optgraph.artifact.dims import SYMBOLS, DimExpr, DimSyntaxError, SymbolBounds, parse_dim, parse_symbols
-from optgraph.artifact.index_range import INDEX_RANGE, IndexRange
+from optgraph.artifact.dims import DimExpr, DimSyntaxError, SymbolBounds, parse_dim, parse_symbols
+from optgraph.artifact.index_range import IndexRange
+from optgraph.artifact.names import (
+    GRAPH_NAMES,
+    INDEX_RANGE_KEY,
+    MANIFEST_FILE,
+    NEXT_SUFFIX,
+    ROLES,
+    STATE_ROLES,
+    SYMBOLS_KEY,
+    next_name,
+)
 from optgraph.errors import ArtifactError
 
 FORMAT_NAME = "optgraph-artifact"
 FORMAT_VERSION = 1
-GRAPH_NAMES = ("train_step", "scheduler_step", "eval")
-MANIFEST_FILE = "manifest.json"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-SHA256_KEY = "sha256"  # top-level manifest key: {file name: hex digest} of the graphs and the checkpoint
-STEP_COUNTER = "counter.step"
-SCHEDULE_LR = "schedule.lr"
-NEXT_SUFFIX = ".next"  # a state output is named <state input>.next
-OPTIM_STATE_PREFIX = "optim."  # optimizer state is named optim.<slot>.<param>
-LOSS = "loss"
-UPDATE_APPLIED = "update_applied"
-ROLES = frozenset(
-    {
-        "input",
-        "target",
-        "param",
-        "buffer",
-        "optim_state",
-        "schedule_state",
-        "counter",
-        "loss",
-        "lr",
-        "output",
-        "status",
-        "grad_accumulator",
-    }
-)
-STATE_ROLES = frozenset({"param", "buffer", "optim_state", "schedule_state", "counter", "grad_accumulator"})
 DTYPES = frozenset({"float16", "bfloat16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool"})
 
 
@@ -56,12 +39,12 @@ class TensorSpec:
 
     Attributes:
         name: the graph's name for it; for state, also its checkpoint name.
-        role: one of ``ROLES``.
+        role: one of :class:`~optgraph.artifact.names.Role`.
         dtype: numpy-style dtype name.
         shape: ints, or strings for symbolic dimensions: a symbol (``"batch"``) or an expression
             of symbols (``"batch*seq"``), see :mod:`optgraph.artifact.dims`.
         feeds: for a state output, the state input it becomes on the next call.
-        meta: extra keys (``trainable``, ``param``, ``slot``).
+        meta: extra keys (``TRAINABLE_KEY``, ``PARAM_KEY``, ``SLOT_KEY``, ``INDEX_RANGE_KEY``).
     """
 
     name: str
@@ -81,20 +64,20 @@ class TensorSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str) -> TensorSpec:
         if not isinstance(data, dict):
-            raise ArtifactError(f"manifest.json: {where} must be an object, got {type(data).__name__}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} must be an object, got {type(data).__name__}")
         try:
             name, role, dtype, shape = data["name"], data["role"], data["dtype"], data["shape"]
         except KeyError as e:
-            raise ArtifactError(f"manifest.json: {where} lacks {e}; expected name, role, dtype and shape") from None
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} lacks {e}; expected name, role, dtype and shape") from None
         if not isinstance(name, str) or not name:
-            raise ArtifactError(f"manifest.json: {where} has an invalid name {name!r}; expected a non-empty string")
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} has an invalid name {name!r}; expected a non-empty string")
         if not isinstance(role, str) or role not in ROLES:
-            raise ArtifactError(f"manifest.json: {where} ({name!r}) has unknown role {role!r}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} ({name!r}) has unknown role {role!r}")
         if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise ArtifactError(f"manifest.json: {where} ({name!r}) has unknown dtype {dtype!r}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} ({name!r}) has unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(_is_dim(d) for d in shape):
             raise ArtifactError(
-                f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}; "
+                f"{MANIFEST_FILE}: {where} ({name!r}) has an invalid shape {shape!r}; "
                 "expected a list of non-negative ints and symbol names"
             )
         for d in shape:
@@ -103,21 +86,23 @@ class TensorSpec:
                     parse_dim(d)
                 except DimSyntaxError as e:
                     raise ArtifactError(
-                        f"manifest.json: {where} ({name!r}) has an invalid shape {shape!r}: {e}"
+                        f"{MANIFEST_FILE}: {where} ({name!r}) has an invalid shape {shape!r}: {e}"
                     ) from None
         feeds = data.get("feeds")
         if feeds is not None and not isinstance(feeds, str):
-            raise ArtifactError(f"manifest.json: {where} ({name!r}) has an invalid 'feeds' {feeds!r}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {where} ({name!r}) has an invalid 'feeds' {feeds!r}")
         meta = {k: v for k, v in data.items() if k not in ("name", "role", "dtype", "shape", "feeds")}
         spec = cls(name, role, dtype, list(shape), feeds, meta)
         if spec.index_range is not None and (spec.is_state or not dtype.startswith(("int", "uint"))):
-            raise ArtifactError(f"manifest.json: {where} ({name!r}) has an {INDEX_RANGE} but is not an integer input")
+            raise ArtifactError(
+                f"{MANIFEST_FILE}: {where} ({name!r}) has an {INDEX_RANGE_KEY} but is not an integer input"
+            )
         return spec
 
     @functools.cached_property
     def index_range(self) -> IndexRange | None:
         """The values this integer input may hold (parsed once; None when unchecked)."""
-        data = self.meta.get(INDEX_RANGE)
+        data = self.meta.get(INDEX_RANGE_KEY)
         return None if data is None else IndexRange.from_json(data, f"input {self.name!r}")
 
     @functools.cached_property
@@ -165,19 +150,19 @@ class GraphSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any], graph: str) -> GraphSpec:
         if not isinstance(data, dict) or not isinstance(data.get("file"), str):
-            raise ArtifactError(f"manifest.json: graphs.{graph} must be an object with a 'file' string")
+            raise ArtifactError(f"{MANIFEST_FILE}: graphs.{graph} must be an object with a 'file' string")
         lists = {}
         for key in ("inputs", "outputs"):
             entries = data.get(key, [])
             if not isinstance(entries, list):
-                raise ArtifactError(f"manifest.json: graphs.{graph}.{key} must be a list")
+                raise ArtifactError(f"{MANIFEST_FILE}: graphs.{graph}.{key} must be a list")
             lists[key] = [TensorSpec.from_json(t, f"graphs.{graph}.{key}[{i}]") for i, t in enumerate(entries)]
         spec = cls(data["file"], lists["inputs"], lists["outputs"])
         for key, specs in lists.items():
             names = [t.name for t in specs]
             duplicate = next((n for n in names if names.count(n) > 1), None)
             if duplicate is not None:
-                raise ArtifactError(f"manifest.json: graphs.{graph}.{key} names {duplicate!r} twice")
+                raise ArtifactError(f"{MANIFEST_FILE}: graphs.{graph}.{key} names {duplicate!r} twice")
         inputs = {t.name: t for t in spec.inputs}
         for out in spec.outputs:
             if out.feeds is None:
@@ -185,16 +170,16 @@ class GraphSpec:
             fed = inputs.get(out.feeds)
             if fed is None or not fed.is_state:
                 raise ArtifactError(
-                    f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}, which is not a state input"
+                    f"{MANIFEST_FILE}: graphs.{graph} output {out.name!r} feeds {out.feeds!r}, which is not a state input"
                 )
-            if out.name != out.feeds + NEXT_SUFFIX:
+            if out.name != next_name(out.feeds):
                 raise ArtifactError(
-                    f"manifest.json: graphs.{graph} output {out.name!r} feeds {out.feeds!r}; "
+                    f"{MANIFEST_FILE}: graphs.{graph} output {out.name!r} feeds {out.feeds!r}; "
                     f"a state output is named after its input plus {NEXT_SUFFIX!r}"
                 )
             if (out.dtype, out.shape) != (fed.dtype, fed.shape):
                 raise ArtifactError(
-                    f"manifest.json: graphs.{graph} output {out.name!r} is {out.dtype}{out.shape} "
+                    f"{MANIFEST_FILE}: graphs.{graph} output {out.name!r} is {out.dtype}{out.shape} "
                     f"but feeds {fed.name!r}, which is {fed.dtype}{fed.shape}"
                 )
         return spec
@@ -222,18 +207,18 @@ class Manifest:
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long ints, absurd nesting
-            raise ArtifactError(f"manifest.json is not valid JSON: {e}") from None
+            raise ArtifactError(f"{MANIFEST_FILE} is not valid JSON: {e}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ArtifactError(f"manifest.json: format is {found!r}, expected {FORMAT_NAME!r}")
+            raise ArtifactError(f"{MANIFEST_FILE}: format is {found!r}, expected {FORMAT_NAME!r}")
         if type(data.get("version")) is not int or data["version"] != FORMAT_VERSION:
             raise ArtifactError(
-                f"manifest.json: format version {data.get('version')!r} is not supported; "
+                f"{MANIFEST_FILE}: format version {data.get('version')!r} is not supported; "
                 f"this optgraph reads version {FORMAT_VERSION}"
             )
         graphs = data.get("graphs")
         if not isinstance(graphs, dict) or set(GRAPH_NAMES) - set(graphs):
-            raise ArtifactError(f"manifest.json: 'graphs' must describe {list(GRAPH_NAMES)}")
+            raise ArtifactError(f"{MANIFEST_FILE}: 'graphs' must describe {list(GRAPH_NAMES)}")
         parsed = {name: GraphSpec.from_json(graphs[name], name) for name in GRAPH_NAMES}
         extra = {k: v for k, v in data.items() if k not in ("format", "version", "graphs")}
         manifest = cls(parsed, extra)
@@ -243,7 +228,7 @@ class Manifest:
     @functools.cached_property
     def symbols(self) -> dict[str, SymbolBounds]:
         """The bounds of each symbolic dimension's symbol, by name (absent: unbounded)."""
-        return parse_symbols(self.extra.get(SYMBOLS))
+        return parse_symbols(self.extra.get(SYMBOLS_KEY))
 
     def state_specs(self) -> dict[str, TensorSpec]:
         """Every state tensor of every graph, by name (they must agree across graphs)."""
@@ -255,7 +240,7 @@ class Manifest:
                 known = specs.setdefault(t.name, t)
                 if (known.dtype, known.shape) != (t.dtype, t.shape):
                     raise ArtifactError(
-                        f"manifest.json: state {t.name!r} is {t.dtype}{t.shape} in {graph} "
+                        f"{MANIFEST_FILE}: state {t.name!r} is {t.dtype}{t.shape} in {graph} "
                         f"but {known.dtype}{known.shape} elsewhere"
                     )
         return specs

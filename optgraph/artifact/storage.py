@@ -32,7 +32,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from optgraph.artifact.manifest import CHECKPOINT_FILE, FORMAT_NAME, MANIFEST_FILE
+from optgraph.artifact.manifest import FORMAT_NAME
+from optgraph.artifact.names import CHECKPOINT_FILE, MANIFEST_FILE
 from optgraph.errors import ArtifactError, OverwriteError
 
 _RENAME_EXCHANGE = 2

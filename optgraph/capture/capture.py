@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from optgraph.artifact.dims import SymbolBounds
 from optgraph.artifact.index_range import IndexRange
+from optgraph.artifact.names import LOSS, grad_name, next_name, output_names, target_names
 from optgraph.capture.diagnostics import ModuleTracker
 from optgraph.capture.patches import traceable_modules
 from optgraph.capture.symbols import BATCH_DIM, name_outputs, name_symbols, requested_dims
@@ -29,11 +30,10 @@ class Captured:
 
     Attributes:
         train: inputs ``[*data, *targets, *params, *buffers]`` named as in
-            ``data_names``/``target_names``/torch; outputs ``loss``,
-            ``grad.<param>`` for each trainable param and ``<buffer>.next`` for
-            each buffer the forward updates.
-        eval: inputs ``[*data, *params, *buffers]``; outputs ``output`` or
-            ``output_0``, ``output_1``, ...
+            ``data_names``/``target_names``/torch; outputs ``LOSS``, the
+            ``grad_name(param)`` of each trainable param and the ``next_name(buffer)``
+            of each buffer the forward updates (:mod:`optgraph.artifact.names`).
+        eval: inputs ``[*data, *params, *buffers]``; outputs named by ``output_names``.
         state: initial value of every parameter and buffer, by torch name.
         aliases: second names of shared tensors (tied weights) -> the name used in the graphs.
         shapes: each data input's and target's shape in the train graph: ints, symbol names and
@@ -81,10 +81,6 @@ def data_input_names(model: torch.nn.Module, count: int) -> list[str]:
     if len(names) < count:
         raise CaptureError(f"model.forward takes {len(names)} positional argument(s), example_inputs has {count}")
     return names[:count]
-
-
-def target_names(count: int) -> list[str]:
-    return ["target"] if count == 1 else [f"target_{i}" for i in range(count)]
 
 
 def _name_io(model: ir.Model, input_names: Sequence[str], output_names: Sequence[str], what: str) -> None:
@@ -137,7 +133,7 @@ def _drop_unchanged_buffers(model: ir.Model, buffer_names: Sequence[str]) -> lis
     inputs = {v.name: v for v in graph.inputs}
     updated = []
     for name in buffer_names:
-        index = next(i for i, v in enumerate(graph.outputs) if v.name == f"{name}.next")
+        index = next(i for i, v in enumerate(graph.outputs) if v.name == next_name(name))
         if _passes_through(graph.outputs[index]) is inputs[name]:
             graph.outputs.pop(index)
         else:
@@ -240,7 +236,7 @@ def capture(
         train = traced.model
         _name_io(
             train, [*data_names, *tnames, *state_names],
-            ["loss", *(f"grad.{n}" for n in trainable), *(f"{n}.next" for n in buffer_names)], "train step",
+            [LOSS, *map(grad_name, trainable), *map(next_name, buffer_names)], "train step",
         )  # fmt: skip
         updated = _drop_unchanged_buffers(train, buffer_names)
         _set_shapes(train.graph.inputs, named.shapes)  # its outputs (loss, gradients, buffers) have fixed shapes
@@ -265,8 +261,8 @@ def capture(
         stack.close()
         for module, training in modes:  # each as it was: model.train(mode) would set them all alike
             module.training = training
-    output_names = ["output"] if n_outputs[0] == 1 else [f"output_{i}" for i in range(n_outputs[0])]
-    _name_io(evaluation, [*data_names, *state_names], output_names, "eval forward")
+    outputs = output_names(n_outputs[0])
+    _name_io(evaluation, [*data_names, *state_names], outputs, "eval forward")
     eval_shapes = [
         [d if isinstance(d, int) else shapes[name][k] for k, d in enumerate(shape)]
         for name, shape in zip(data_names, traced_eval.shapes)
@@ -274,13 +270,13 @@ def capture(
     _set_shapes(evaluation.graph.inputs, eval_shapes)
     _set_shapes(
         evaluation.graph.outputs,
-        name_outputs(traced_eval.shapes, eval_shapes, traced_eval.output_shapes, output_names),
+        name_outputs(traced_eval.shapes, eval_shapes, traced_eval.output_shapes, outputs),
     )
 
     state = {n: t.cpu().numpy().copy() for n, t in zip(state_names, [*param_values, *buffer_values])}
     return Captured(
         train=train, eval=evaluation, data_names=data_names, target_names=tnames, trainable=trainable,
-        frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=output_names, state=state,
+        frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=outputs, state=state,
         aliases=aliases, shapes=shapes, symbols=named.symbols,
         train_index_ranges={[*data_names, *tnames][i]: r for i, r in traced.index_ranges.items()},
         eval_index_ranges={data_names[i]: r for i, r in traced_eval.index_ranges.items()},

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
 
 if TYPE_CHECKING:  # onnx-ir is needed to compile, not to train
     import onnx_ir as ir
 
-    from optgraph.rewrite.builder import GraphBuilder
+    from optgraph.graph.builder import GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -94,18 +96,45 @@ def adam_moments(ctx: UpdateContext, u: ir.Value, state: State, beta1: float, be
     return m, decayed_square_average(ctx, state["exp_avg_sq"], u, beta2)
 
 
+class ParamInfo(NamedTuple):
+    """What a rule may know of a parameter when it declares its slots."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
 @dataclass(frozen=True)
 class Slot:
-    """A state slot: shaped like the parameter, or a float32 scalar (``scalar=True``)."""
+    """One state slot of one parameter, with its initial value.
 
-    fill: float
-    scalar: bool = False
+    Attributes:
+        fill: the initial value of every element.
+        shape: None for the parameter's shape, else the slot's own static shape: ``()`` for a
+            scalar, Adafactor's row and column factors, a flat buffer.
+        dtype: None for the parameter's dtype, else a numpy dtype name.
+    """
+
+    fill: float = 0.0
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+
+    @classmethod
+    def scalar(cls, fill: float, dtype: str = "float32") -> Slot:
+        """A scalar slot (torch keeps such values as float32 tensors)."""
+        return cls(fill, (), dtype)
+
+    def initial(self, param: ParamInfo) -> np.ndarray:
+        """The slot's value before the first step."""
+        shape = param.shape if self.shape is None else self.shape
+        dtype = param.dtype if self.dtype is None else np.dtype(self.dtype)
+        return np.full(shape, self.fill, dtype)
 
 
 class UpdateRule:
     """Base of all rules: no state, identity update."""
 
-    def slots(self) -> dict[str, float | Slot]:
+    def slots(self, param: ParamInfo) -> dict[str, float | Slot]:
+        """The state this rule keeps for ``param``: slot name -> a Slot, or a fill for a slot shaped like it."""
         return {}
 
     def emit(self, ctx: UpdateContext, u: ir.Value, state: State) -> tuple[ir.Value, dict[str, ir.Value]]:
@@ -143,7 +172,7 @@ class TraceMomentum(UpdateRule):
     dampening: float
     nesterov: bool
 
-    def slots(self):
+    def slots(self, param):
         return {"momentum_buffer": 0.0}
 
     def emit(self, ctx, u, state):
@@ -171,7 +200,7 @@ class ScaleByAdam(UpdateRule):
     eps: float
     amsgrad: bool
 
-    def slots(self):
+    def slots(self, param):
         slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
         if self.amsgrad:
             slots["max_exp_avg_sq"] = 0.0
@@ -198,7 +227,7 @@ class ScaleByAdagrad(UpdateRule):
     eps: float
     initial_accumulator_value: float
 
-    def slots(self):
+    def slots(self, param):
         return {"sum": float(self.initial_accumulator_value)}
 
     def emit(self, ctx, u, state):
@@ -229,7 +258,7 @@ class ScaleByRms(UpdateRule):
     centered: bool
     momentum: float
 
-    def slots(self):
+    def slots(self, param):
         slots = {"square_avg": 0.0}
         if self.momentum > 0:
             slots["momentum_buffer"] = 0.0
@@ -264,7 +293,7 @@ class ScaleByAdamax(UpdateRule):
     beta2: float
     eps: float
 
-    def slots(self):
+    def slots(self, param):
         return {"exp_avg": 0.0, "exp_inf": 0.0}
 
     def emit(self, ctx, u, state):
@@ -285,7 +314,7 @@ class ScaleByAdadelta(UpdateRule):
     rho: float
     eps: float
 
-    def slots(self):
+    def slots(self, param):
         return {"square_avg": 0.0, "acc_delta": 0.0}
 
     def emit(self, ctx, u, state):
@@ -306,8 +335,8 @@ class ScaleByNadam(UpdateRule):
     eps: float
     momentum_decay: float
 
-    def slots(self):
-        return {"mu_product": Slot(1.0, scalar=True), "exp_avg": 0.0, "exp_avg_sq": 0.0}
+    def slots(self, param):
+        return {"mu_product": Slot.scalar(1.0), "exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def _mu(self, ctx, step):
         b = ctx.b
@@ -342,7 +371,7 @@ class ScaleByRadam(UpdateRule):
     beta2: float
     eps: float
 
-    def slots(self):
+    def slots(self, param):
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def emit(self, ctx, u, state):
@@ -389,7 +418,7 @@ class Rprop(UpdateRule):
     step_size_max: float
     initial_step_size: float
 
-    def slots(self):
+    def slots(self, param):
         return {"prev": 0.0, "step_size": self.initial_step_size}
 
     def emit(self, ctx, u, state):
@@ -424,8 +453,8 @@ class Asgd(UpdateRule):
     t0: float
     initial_eta: float
 
-    def slots(self):
-        return {"eta": Slot(self.initial_eta, scalar=True), "mu": Slot(1.0, scalar=True), "ax": 0.0}
+    def slots(self, param):
+        return {"eta": Slot.scalar(self.initial_eta), "mu": Slot.scalar(1.0), "ax": 0.0}
 
     def emit(self, ctx, u, state):
         b = ctx.b
@@ -463,14 +492,14 @@ class ScaleByLearningRate(UpdateRule):
         return b.op("Mul", u, ctx.to_param_dtype(b.op("Neg", ctx.lr))), {}
 
 
-def chain_slots(rules: Sequence[UpdateRule]) -> dict[str, Slot]:
-    """Every slot the rules of a chain declare (names are unique within a chain)."""
-    slots: dict[str, Slot] = {}
+def chain_slots(rules: Sequence[UpdateRule], param: ParamInfo) -> dict[str, np.ndarray]:
+    """The initial value of every slot the rules of a chain keep for ``param`` (names are unique within a chain)."""
+    slots: dict[str, np.ndarray] = {}
     for rule in rules:
-        for name, slot in rule.slots().items():
+        for name, slot in rule.slots(param).items():
             if name in slots:
                 raise ValueError(f"two rules of one chain declare the state slot {name!r}")
-            slots[name] = slot if isinstance(slot, Slot) else Slot(float(slot))
+            slots[name] = (slot if isinstance(slot, Slot) else Slot(float(slot))).initial(param)
     return slots
 
 

@@ -2,5 +2,5 @@
 
 This package knows ONNX graphs (through onnx-ir) and nothing of torch or
 onnxruntime. Update rules and schedules emit their nodes through
-:class:`optgraph.rewrite.builder.GraphBuilder`; each pass lives in its own module.
+:class:`optgraph.graph.builder.GraphBuilder`; each pass lives in its own module.
 """

@@ -4,7 +4,7 @@ The nodes that compute the next state and nothing else (the optimizer
 update, running statistics, counters) move into the ``then`` branch of an
 ``If(finite)``; the ``else`` branch passes the current state through. So a
 NaN or infinite batch leaves parameters, buffers, optimizer state and
-counters bit-identical, the bool output ``update_applied`` says which
+counters bit-identical, the bool output ``UPDATE_APPLIED`` says which
 happened, and a finite step pays nothing for the guard (a ``Where`` per
 state tensor cost a fifth of an MLP step). torch would apply the NaN update;
 this is optgraph's one deliberate difference. New buffer values are watched
@@ -19,52 +19,44 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-from optgraph.rewrite.builder import BOOL, GraphBuilder
-from optgraph.rewrite.state import NEXT
-
-UPDATE_APPLIED = "update_applied"
+from optgraph.artifact.names import LOSS, UPDATE_APPLIED, state_of_next
+from optgraph.graph.builder import BOOL, GraphBuilder
 
 
-class SkipNonFinite(ir.passes.InPlacePass):
+def skip_non_finite(model: ir.Model, gradients: Iterable[ir.Value], buffers: Iterable[str] = ()) -> None:
     """Guard every state update of a train-step graph by the finiteness of the loss, gradients and new buffers.
 
     Args:
+        model: the train step, changed in place; it gains the bool output ``UPDATE_APPLIED``.
         gradients: the gradient values.
-        buffers: names of the buffers the forward updates; their ``<name>.next`` outputs are checked too.
+        buffers: names of the buffers the forward updates; their next values are checked too.
     """
-
-    def __init__(self, gradients: Iterable[ir.Value], buffers: Iterable[str] = ()) -> None:
-        super().__init__()
-        self.gradients = list(gradients)
-        self.buffers = list(buffers)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        b = GraphBuilder(graph)
-        inputs = {v.name: v for v in graph.inputs}
-        loss = next(v for v in graph.outputs if v.name == "loss")
-        new_buffers = [v for v in graph.outputs if v.name in {name + NEXT for name in self.buffers}]
-        watched = self.gradients + [v for v in new_buffers if v.dtype.is_floating_point()]
-        with b.scope("skip_non_finite"):
-            # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per watched tensor
-            probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in watched]
-            probes = [b.cast(p, loss.dtype) for p in probes]
-            total = b.op("Mul", loss, b.const(0.0, loss.dtype))
-            for probe in probes:
-                total = b.op("Add", total, probe)
-            finite = b.op("Not", b.op("IsNaN", total))
-            _branch_on(graph, b, finite, inputs)
-        applied = b.add_output(finite, UPDATE_APPLIED)
-        applied.dtype, applied.shape = BOOL, ir.Shape([])
-        return ir.passes.PassResult(model, modified=True)
+    graph = model.graph
+    b = GraphBuilder(graph)
+    inputs = {v.name: v for v in graph.inputs}
+    loss = next(v for v in graph.outputs if v.name == LOSS)
+    updated = set(buffers)
+    new_buffers = [v for v in graph.outputs if state_of_next(v.name) in updated]
+    watched = list(gradients) + [v for v in new_buffers if v.dtype.is_floating_point()]
+    with b.scope("skip_non_finite"):
+        # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per watched tensor
+        probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in watched]
+        probes = [b.cast(p, loss.dtype) for p in probes]
+        total = b.op("Mul", loss, b.const(0.0, loss.dtype))
+        for probe in probes:
+            total = b.op("Add", total, probe)
+        finite = b.op("Not", b.op("IsNaN", total))
+        _branch_on(graph, b, finite, inputs)
+    applied = b.add_output(finite, UPDATE_APPLIED)
+    applied.dtype, applied.shape = BOOL, ir.Shape([])
 
 
 def _branch_on(graph: ir.Graph, b: GraphBuilder, finite: ir.Value, inputs: dict[str, ir.Value]) -> None:
     """Compute every state output inside ``If(finite)``; the else branch keeps the current state."""
     guarded = [
-        (index, value, inputs[value.name[: -len(NEXT)]])
+        (index, value, inputs[state_of_next(value.name)])
         for index, value in enumerate(graph.outputs)
-        if value.name.endswith(NEXT) and value.name[: -len(NEXT)] in inputs
+        if state_of_next(value.name) in inputs
     ]
     state_outputs = {id(value) for _, value, _ in guarded}
     # A node moves into the branch when everything it feeds is a state output or a moved node.

@@ -1,20 +1,12 @@
-"""Names and records for the state tensors the rewriter adds."""
+"""The record of a state tensor that a rewrite adds (optimizer slots, counters, schedule state)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-STEP_COUNTER = "counter.step"
-EPOCH = "schedule.epoch"
-SCHEDULE_LR = "schedule.lr"
-NEXT = ".next"
-
-
-def optim_slot_name(slot: str, param: str) -> str:
-    """Checkpoint name of one optimizer slot of one parameter, e.g. ``optim.exp_avg.fc1.weight``."""
-    return f"optim.{slot}.{param}"
+from optgraph.artifact.names import Role
 
 
 @dataclass(frozen=True)
@@ -23,12 +15,12 @@ class StateTensor:
 
     Attributes:
         name: its checkpoint name and graph input name.
-        role: ``optim_state``, ``schedule_state`` or ``counter``.
+        role: ``Role.OPTIM_STATE``, ``SCHEDULE_STATE``, ``COUNTER`` or ``GRAD_ACCUMULATOR``.
         init: its initial value.
-        meta: extra manifest keys (e.g. ``{"param": ..., "slot": ...}``).
+        meta: extra manifest keys (e.g. ``{PARAM_KEY: ..., SLOT_KEY: ...}``).
     """
 
     name: str
-    role: str
+    role: Role
     init: np.ndarray
-    meta: dict
+    meta: dict = field(default_factory=dict)

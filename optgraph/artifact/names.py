@@ -1,0 +1,148 @@
+"""The artifact's naming contract: every graph, file, tensor, role and key name optgraph writes or reads.
+
+``docs/artifact-format.md`` documents the same names (``tests/artifact/test_names.py``
+checks that the two agree). Every layer may import this module, and no other
+module spells these names out: a pass that looks for gradients asks
+:func:`param_of_grad`, not ``startswith("grad.")``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class _Name(str, enum.Enum):
+    """A name that compares, hashes, formats and serialises as its string."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class GraphName(_Name):
+    """The three graphs of an artifact (the keys of the manifest's ``graphs``)."""
+
+    TRAIN_STEP = "train_step"
+    SCHEDULER_STEP = "scheduler_step"
+    EVAL = "eval"
+
+
+GRAPH_NAMES = tuple(name.value for name in GraphName)
+GRAPH_FILES = {name: f"{name}.onnx" for name in GraphName}
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class Role(_Name):
+    """What a graph input or output is (a ``TensorSpec``'s ``role``)."""
+
+    INPUT = "input"
+    TARGET = "target"
+    PARAM = "param"
+    BUFFER = "buffer"
+    OPTIM_STATE = "optim_state"
+    SCHEDULE_STATE = "schedule_state"
+    COUNTER = "counter"
+    GRAD_ACCUMULATOR = "grad_accumulator"
+    LOSS = "loss"
+    LR = "lr"
+    OUTPUT = "output"
+    STATUS = "status"
+
+
+ROLES = frozenset(Role)
+STATE_ROLES = frozenset(
+    {Role.PARAM, Role.BUFFER, Role.OPTIM_STATE, Role.SCHEDULE_STATE, Role.COUNTER, Role.GRAD_ACCUMULATOR}
+)
+
+# Results of train_step besides the state.
+LOSS = "loss"
+UPDATE_APPLIED = "update_applied"  # bool: false when the non-finite guard kept the state
+
+# Counters and schedule state.
+STEP_COUNTER = "counter.step"
+MICRO_STEP = "counter.micro_step"
+SCHEDULE_PREFIX = "schedule."
+EPOCH = SCHEDULE_PREFIX + "epoch"
+SCHEDULE_LR = SCHEDULE_PREFIX + "lr"
+METRIC = "metric"  # the scheduler_step input of a schedule driven by a metric (ReduceLROnPlateau)
+NO_SCHEDULE_NAME = "ConstantSchedule"  # the manifest's lr_scheduler name when compile had none
+
+
+def schedule_state_name(field: str) -> str:
+    """A schedule's own state tensor, e.g. ``schedule.best``."""
+    return SCHEDULE_PREFIX + field
+
+
+# State flow: each state output is named after the state input it becomes on the next call.
+NEXT_SUFFIX = ".next"
+
+
+def next_name(state: str) -> str:
+    """The output that carries ``state``'s next value: ``fc1.weight`` -> ``fc1.weight.next``."""
+    return state + NEXT_SUFFIX
+
+
+def state_of_next(name: str) -> str | None:
+    """The state an output named by :func:`next_name` feeds, or None for any other output."""
+    return name[: -len(NEXT_SUFFIX)] if name.endswith(NEXT_SUFFIX) else None
+
+
+# Gradients: the captured train graph outputs one per trainable parameter; the rewriter consumes them.
+GRAD_PREFIX = "grad."
+
+
+def grad_name(param: str) -> str:
+    """The gradient output of ``param`` in a captured graph: ``grad.fc1.weight``."""
+    return GRAD_PREFIX + param
+
+
+def param_of_grad(name: str) -> str | None:
+    """The parameter whose gradient ``name`` is, or None if it names no gradient."""
+    return name[len(GRAD_PREFIX) :] if name.startswith(GRAD_PREFIX) else None
+
+
+OPTIM_STATE_PREFIX = "optim."
+
+
+def optim_slot_name(slot: str, param: str) -> str:
+    """Checkpoint name of one optimizer slot of one parameter, e.g. ``optim.exp_avg.fc1.weight``."""
+    return f"{OPTIM_STATE_PREFIX}{slot}.{param}"
+
+
+def accumulator_name(param: str) -> str:
+    """The running gradient sum of ``param`` under gradient accumulation: ``accum.grad.fc1.weight``."""
+    return "accum." + grad_name(param)
+
+
+# Batch and result names the capture gives (keyword names of model.forward are kept as they are).
+def target_names(count: int) -> list[str]:
+    """``target`` for one target, else ``target_0``, ``target_1``, ..."""
+    return [Role.TARGET.value] if count == 1 else [f"{Role.TARGET.value}_{i}" for i in range(count)]
+
+
+def output_names(count: int) -> list[str]:
+    """``output`` for one model output, else ``output_0``, ``output_1``, ..."""
+    return [Role.OUTPUT.value] if count == 1 else [f"{Role.OUTPUT.value}_{i}" for i in range(count)]
+
+
+# Keys of a TensorSpec besides name, role, dtype, shape and feeds.
+TRAINABLE_KEY = "trainable"  # on params: false for frozen ones
+PARAM_KEY = "param"  # on optimizer state and accumulators: the parameter
+SLOT_KEY = "slot"  # on optimizer state: torch's slot name
+INDEX_RANGE_KEY = "index_range"  # on integer inputs and targets: the values they may hold
+
+# Top-level manifest keys besides format, version and graphs.
+DATA_INPUTS_KEY = "data_inputs"
+TARGETS_KEY = "targets"
+OUTPUTS_KEY = "outputs"
+ALIASES_KEY = "aliases"
+SYMBOLS_KEY = "symbols"
+DYNAMIC_BATCH_KEY = "dynamic_batch"
+OPTIMIZER_KEY = "optimizer"
+STATE_HAS_STEP_KEY = "state_has_step"  # in the optimizer's entry: torch keeps a per-parameter step
+LR_SCHEDULER_KEY = "lr_scheduler"
+PARAM_GROUPS_KEY = "param_groups"
+CLIP_GRAD_NORM_KEY = "clip_grad_norm"
+GRAD_ACCUMULATION_STEPS_KEY = "grad_accumulation_steps"
+PRODUCER_KEY = "producer"
+SHA256_KEY = "sha256"  # {file name: hex digest} of the graphs and the checkpoint

@@ -237,7 +237,7 @@ def test_float64_cosine_is_exact_without_a_cos_kernel():
     import onnx_ir as ir
     import onnxruntime as ort
 
-    from optgraph.rewrite.builder import DOUBLE, GraphBuilder
+    from optgraph.graph.builder import DOUBLE, GraphBuilder
 
     graph = ir.Graph([], [], nodes=[], opset_imports={"": 18})
     b = GraphBuilder(graph)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,8 +160,201 @@ def _warn_fixed_by_example(requested, shapes, names, example_sizes) -> None:
             f"compile: {', '.join(fixed)} stay fixed at the example's size (torch fixes sizes 0 and 1, and no "
             "larger size fitted the model); give examples of size 2 or more to make them dynamic",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the line that called capture() (through _trace_train_step)
         )
+
+
+@dataclass
+class _Example:
+    """The checked example batch, its names and the dimensions ``compile`` asked to keep dynamic."""
+
+    inputs: tuple[torch.Tensor, ...]
+    targets: tuple[torch.Tensor, ...]
+    data_names: list[str]
+    target_names: list[str]
+    requested: list
+    user_bounds: dict
+
+    @property
+    def names(self) -> list[str]:
+        """The data inputs' names, then the targets'."""
+        return [*self.data_names, *self.target_names]
+
+
+@dataclass
+class _ModelState:
+    """The model's parameters and buffers, in the order the graphs take them."""
+
+    trainable: list[str]
+    frozen: list[str]
+    buffers: list[str]
+    param_values: list[torch.Tensor]
+    buffer_values: list[torch.Tensor]
+    aliases: dict[str, str]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> _ModelState:
+        named_params = dict(model.named_parameters())
+        trainable = [n for n, p in named_params.items() if p.requires_grad]
+        frozen = [n for n, p in named_params.items() if not p.requires_grad]
+        return cls(
+            trainable=trainable,
+            frozen=frozen,
+            buffers=[n for n, _ in model.named_buffers()],
+            param_values=[named_params[n].detach() for n in trainable + frozen],
+            buffer_values=[b.detach() for _, b in model.named_buffers()],
+            aliases=_aliases(model),
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return self.trainable + self.frozen + self.buffers
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return [*self.param_values, *self.buffer_values]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {n: t.cpu().numpy().copy() for n, t in zip(self.names, self.values)}
+
+
+@dataclass
+class _TrainStep:
+    model: ir.Model
+    shapes: dict[str, list[int | str]]
+    symbols: dict[str, SymbolBounds]
+    updated_buffers: list[str]
+    index_ranges: dict[str, IndexRange]
+
+
+@dataclass
+class _EvalForward:
+    model: ir.Model
+    output_names: list[str]
+    index_ranges: dict[str, IndexRange]
+
+
+def _check_inputs(model, example_inputs, example_targets, loss_fn, dynamic_shapes, dynamic_batch) -> _Example:
+    if not isinstance(model, torch.nn.Module):
+        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise CaptureError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    inputs = _as_tensor_tuple(example_inputs, "example_inputs")
+    targets = _as_tensor_tuple(example_targets, "example_targets")
+    data_names = data_input_names(model, len(inputs))
+    tnames = target_names(len(targets))
+    requested, user_bounds = requested_dims(dynamic_shapes, dynamic_batch, data_names + tnames, inputs + targets)
+    return _Example(inputs, targets, data_names, tnames, requested, user_bounds)
+
+
+@contextlib.contextmanager
+def _tracing(model: torch.nn.Module) -> Iterator[ModuleTracker]:
+    """Traceable module forwards and a :class:`ModuleTracker` over ``model`` while active.
+
+    On exit every submodule gets back its own ``training`` flag (``model.train(mode)`` would set them all alike).
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        with traceable_modules(model), ModuleTracker(model) as tracker:
+            yield tracker
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _train_step_function(model: torch.nn.Module, loss_fn: Callable, example: _Example, state: _ModelState):
+    """``(*data, *targets, *params, *buffers) -> (loss, *gradients, *next buffers)`` over ``model``."""
+    n_inputs = len(example.inputs)
+    n_data = n_inputs + len(example.targets)
+    params_end = n_data + len(state.param_values)
+
+    def train_step(*flat):
+        data, tgt = flat[:n_inputs], flat[n_inputs:n_data]
+        params = dict(zip(state.trainable + state.frozen, flat[n_data:params_end]))
+        for name in state.trainable:
+            params[name] = params[name].detach().requires_grad_(True)
+        buffers = {n: b.clone() for n, b in zip(state.buffers, flat[params_end:])}
+        with torch.enable_grad():
+            outputs = functional_call(model, {**params, **buffers}, tuple(data))
+            loss = loss_fn(outputs, *tgt)
+            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                shape = (
+                    tuple(d if isinstance(d, int) else BATCH_DIM for d in loss.shape)
+                    if isinstance(loss, torch.Tensor)
+                    else type(loss).__name__
+                )
+                raise CaptureError(f"loss_fn must return a scalar tensor, got {shape}")
+            grads = torch.autograd.grad(loss, [params[n] for n in state.trainable], allow_unused=True)
+        grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(state.trainable, grads)]
+        return (loss.detach(), *grads, *buffers.values())
+
+    return train_step
+
+
+def _trace_train_step(
+    model: torch.nn.Module, loss_fn: Callable, example: _Example, state: _ModelState, tracker: ModuleTracker
+) -> _TrainStep:
+    """The joint forward, loss and backward as the named train graph, with the symbols of its dynamic inputs.
+
+    Every submodule runs in the mode it is in, as torch would train it (a BatchNorm put in eval() keeps its
+    running statistics frozen).
+    """
+    names = example.names
+    traced = trace_to_onnx(
+        _train_step_function(model, loss_fn, example, state),
+        [*example.inputs, *example.targets, *state.values], example.requested, "train step", tracker,
+    )  # fmt: skip
+    named = name_symbols(traced.shapes, names, example.requested, traced.ranges, traced.why_fixed, example.user_bounds)
+    _warn_fixed_by_example(example.requested, named.shapes, names, example_sizes=[*example.inputs, *example.targets])
+    train = traced.model
+    _name_io(
+        train, [*names, *state.names],
+        [LOSS, *map(grad_name, state.trainable), *map(next_name, state.buffers)], "train step",
+    )  # fmt: skip
+    updated = _drop_unchanged_buffers(train, state.buffers)
+    _set_shapes(train.graph.inputs, named.shapes)  # its outputs (loss, gradients, buffers) have fixed shapes
+    return _TrainStep(
+        model=train,
+        shapes=dict(zip(names, named.shapes)),
+        symbols=named.symbols,
+        updated_buffers=list(updated),
+        index_ranges={names[i]: r for i, r in traced.index_ranges.items()},
+    )
+
+
+def _trace_eval_forward(
+    model: torch.nn.Module, example: _Example, state: _ModelState, shapes: dict, tracker: ModuleTracker
+) -> _EvalForward:
+    """The forward alone, in eval mode, as the named eval graph; its inputs get the train step's ``shapes``."""
+    data_names = example.data_names
+    n_inputs = len(example.inputs)
+    n_outputs: list[int] = []
+
+    def eval_forward(*flat):
+        data = flat[:n_inputs]
+        values = dict(zip(state.names, flat[n_inputs:]))
+        leaves = pytree.tree_leaves(functional_call(model, values, tuple(data)))
+        n_outputs[:] = [len(leaves)]
+        return tuple(leaves)
+
+    model.eval()
+    # the eval forward's inputs get the train step's symbols (its relations are the forward's, a subset)
+    eval_dynamic = [{k: None for k, d in enumerate(shapes[n]) if isinstance(d, str)} for n in data_names]
+    traced = trace_to_onnx(eval_forward, [*example.inputs, *state.values], eval_dynamic, "eval forward", tracker)
+    evaluation = traced.model
+    outputs = output_names(n_outputs[0])
+    _name_io(evaluation, [*data_names, *state.names], outputs, "eval forward")
+    eval_shapes = [
+        [d if isinstance(d, int) else shapes[name][k] for k, d in enumerate(shape)]
+        for name, shape in zip(data_names, traced.shapes)
+    ]
+    _set_shapes(evaluation.graph.inputs, eval_shapes)
+    _set_shapes(evaluation.graph.outputs, name_outputs(traced.shapes, eval_shapes, traced.output_shapes, outputs))
+    return _EvalForward(
+        model=evaluation,
+        output_names=outputs,
+        index_ranges={data_names[i]: r for i, r in traced.index_ranges.items()},
+    )
 
 
 def capture(
@@ -178,106 +371,14 @@ def capture(
     ``dynamic_shapes`` and the deprecated ``dynamic_batch`` are ``compile``'s (see
     :func:`optgraph.capture.symbols.requested_dims`).
     """
-    if not isinstance(model, torch.nn.Module):
-        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise CaptureError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    inputs = _as_tensor_tuple(example_inputs, "example_inputs")
-    targets = _as_tensor_tuple(example_targets, "example_targets")
-    data_names = data_input_names(model, len(inputs))
-    tnames = target_names(len(targets))
-    requested, user_bounds = requested_dims(dynamic_shapes, dynamic_batch, data_names + tnames, inputs + targets)
-
-    named_params = dict(model.named_parameters())
-    trainable = [n for n, p in named_params.items() if p.requires_grad]
-    frozen = [n for n, p in named_params.items() if not p.requires_grad]
-    buffer_names = [n for n, _ in model.named_buffers()]
-    param_values = [named_params[n].detach() for n in trainable + frozen]
-    buffer_values = [b.detach() for _, b in model.named_buffers()]
-    state_names = trainable + frozen + buffer_names
-    n_data = len(inputs) + len(targets)
-    aliases = _aliases(model)
-
-    def train_step(*flat):
-        data, tgt = flat[: len(inputs)], flat[len(inputs) : n_data]
-        params = dict(zip(trainable + frozen, flat[n_data : n_data + len(param_values)]))
-        for name in trainable:
-            params[name] = params[name].detach().requires_grad_(True)
-        buffers = {n: b.clone() for n, b in zip(buffer_names, flat[n_data + len(param_values) :])}
-        with torch.enable_grad():
-            outputs = functional_call(model, {**params, **buffers}, tuple(data))
-            loss = loss_fn(outputs, *tgt)
-            if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                shape = (
-                    tuple(d if isinstance(d, int) else BATCH_DIM for d in loss.shape)
-                    if isinstance(loss, torch.Tensor)
-                    else type(loss).__name__
-                )
-                raise CaptureError(f"loss_fn must return a scalar tensor, got {shape}")
-            grads = torch.autograd.grad(loss, [params[n] for n in trainable], allow_unused=True)
-        grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(trainable, grads)]
-        return (loss.detach(), *grads, *buffers.values())
-
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        stack = contextlib.ExitStack()
-        stack.enter_context(traceable_modules(model))
-        tracker = stack.enter_context(ModuleTracker(model))
-        # The train step runs every submodule in the mode it is in, as torch would train it
-        # (a BatchNorm put in eval() keeps its running statistics frozen).
-        traced = trace_to_onnx(
-            train_step, [*inputs, *targets, *param_values, *buffer_values], requested, "train step", tracker
-        )
-        named = name_symbols(
-            traced.shapes, data_names + tnames, requested, traced.ranges, traced.why_fixed, user_bounds
-        )
-        shapes = dict(zip(data_names + tnames, named.shapes))
-        _warn_fixed_by_example(requested, named.shapes, data_names + tnames, example_sizes=[*inputs, *targets])
-        train = traced.model
-        _name_io(
-            train, [*data_names, *tnames, *state_names],
-            [LOSS, *map(grad_name, trainable), *map(next_name, buffer_names)], "train step",
-        )  # fmt: skip
-        updated = _drop_unchanged_buffers(train, buffer_names)
-        _set_shapes(train.graph.inputs, named.shapes)  # its outputs (loss, gradients, buffers) have fixed shapes
-
-        n_outputs: list[int] = []
-
-        def eval_forward(*flat):
-            data = flat[: len(inputs)]
-            state = dict(zip(state_names, flat[len(inputs) :]))
-            leaves = pytree.tree_leaves(functional_call(model, state, tuple(data)))
-            n_outputs[:] = [len(leaves)]
-            return tuple(leaves)
-
-        model.eval()
-        # the eval forward's inputs get the train step's symbols (its relations are the forward's, a subset)
-        eval_dynamic = [{k: None for k, d in enumerate(shapes[n]) if isinstance(d, str)} for n in data_names]
-        traced_eval = trace_to_onnx(
-            eval_forward, [*inputs, *param_values, *buffer_values], eval_dynamic, "eval forward", tracker
-        )
-        evaluation = traced_eval.model
-    finally:
-        stack.close()
-        for module, training in modes:  # each as it was: model.train(mode) would set them all alike
-            module.training = training
-    outputs = output_names(n_outputs[0])
-    _name_io(evaluation, [*data_names, *state_names], outputs, "eval forward")
-    eval_shapes = [
-        [d if isinstance(d, int) else shapes[name][k] for k, d in enumerate(shape)]
-        for name, shape in zip(data_names, traced_eval.shapes)
-    ]
-    _set_shapes(evaluation.graph.inputs, eval_shapes)
-    _set_shapes(
-        evaluation.graph.outputs,
-        name_outputs(traced_eval.shapes, eval_shapes, traced_eval.output_shapes, outputs),
-    )
-
-    state = {n: t.cpu().numpy().copy() for n, t in zip(state_names, [*param_values, *buffer_values])}
+    example = _check_inputs(model, example_inputs, example_targets, loss_fn, dynamic_shapes, dynamic_batch)
+    state = _ModelState.of(model)
+    with _tracing(model) as tracker:
+        train = _trace_train_step(model, loss_fn, example, state, tracker)
+        evaluation = _trace_eval_forward(model, example, state, train.shapes, tracker)
     return Captured(
-        train=train, eval=evaluation, data_names=data_names, target_names=tnames, trainable=trainable,
-        frozen=frozen, buffers=buffer_names, updated_buffers=list(updated), output_names=outputs, state=state,
-        aliases=aliases, shapes=shapes, symbols=named.symbols,
-        train_index_ranges={[*data_names, *tnames][i]: r for i, r in traced.index_ranges.items()},
-        eval_index_ranges={data_names[i]: r for i, r in traced_eval.index_ranges.items()},
+        train=train.model, eval=evaluation.model, data_names=example.data_names, target_names=example.target_names,
+        trainable=state.trainable, frozen=state.frozen, buffers=state.buffers, updated_buffers=train.updated_buffers,
+        output_names=evaluation.output_names, state=state.arrays(), aliases=state.aliases, shapes=train.shapes,
+        symbols=train.symbols, train_index_ranges=train.index_ranges, eval_index_ranges=evaluation.index_ranges,
     )  # fmt: skip

@@ -473,7 +473,7 @@ class Rprop(Optimizer):
         chain: list[R.UpdateRule] = [R.Maximize()] if o["maximize"] else []
         etaminus, etaplus = o["etas"]
         low, high = o["step_sizes"]
-        chain.append(R.Rprop(etaminus, etaplus, low, high, float(o["lr"])))
+        chain.append(R.RpropUpdate(etaminus, etaplus, low, high, float(o["lr"])))
         return chain
 
 
@@ -500,5 +500,5 @@ class ASGD(Optimizer):
 
     def rules(self, o):
         chain = _gradient_rules(o)
-        chain.append(R.Asgd(o["lambd"], o["alpha"], o["t0"], float(o["lr"])))
+        chain.append(R.AveragedSgdUpdate(o["lambd"], o["alpha"], o["t0"], float(o["lr"])))
         return chain

@@ -6,6 +6,11 @@ update ``u`` (it starts as the gradient) and the rule's own state. An
 optimizer is a chain of rules; the parameter update is ``param + u`` after the
 chain, and the only minus sign lives in :class:`ScaleByLearningRate`.
 
+Names say what a rule does to ``u``: ``ScaleBy...`` turns it into a direction
+that a later :class:`ScaleByLearningRate` scales, ``Add...``/``Trace...`` adjust
+it in place, and ``...Update`` rules compute the whole parameter update
+themselves (their step size replaces the learning rate), so they end the chain.
+
 Scalars that torch computes in Python (bias corrections, step sizes) are
 computed here in float64 and cast to the parameter's dtype once, which is
 what torch's kernels do with a Python float, and element-wise expressions
@@ -32,7 +37,7 @@ class UpdateContext:
     """What a rule may read besides the update and its own state.
 
     Attributes:
-        b: where nodes go.
+        builder: where nodes go.
         param: the parameter's current value.
         step: float64 scalar, the optimizer step count including this step (1 first).
         first: bool scalar, true on the first optimizer step.
@@ -41,38 +46,38 @@ class UpdateContext:
             it replaces SGD's and RMSprop's ``momentum`` and the Adam family's ``beta1``.
     """
 
-    b: GraphBuilder
+    builder: GraphBuilder
     param: ir.Value
     step: ir.Value
     first: ir.Value
     lr: ir.Value
     momentum: ir.Value | None = None
 
-    def k(self, number: float) -> ir.Value:
+    def const(self, number: float) -> ir.Value:
         """A constant in the parameter's dtype."""
-        return self.b.const(number, self.param.dtype)
+        return self.builder.const(number, self.param.dtype)
 
     def to_param_dtype(self, scalar: ir.Value) -> ir.Value:
         """A float64 scalar cast to the parameter's dtype."""
-        return self.b.cast(scalar, self.param.dtype)
+        return self.builder.cast(scalar, self.param.dtype)
 
-    def d(self, number: float) -> ir.Value:
+    def double(self, number: float) -> ir.Value:
         """A float64 constant, for scalar arithmetic."""
-        return self.b.double(number)
+        return self.builder.double(number)
 
     def cycled(self, number: float) -> ir.Value:
         """``momentum``/``beta1`` as a float64 scalar: the schedule's value if it cycles one, else ``number``."""
-        return self.momentum if self.momentum is not None else self.d(number)
+        return self.momentum if self.momentum is not None else self.double(number)
 
-    def cycled_k(self, number: float) -> ir.Value:
+    def cycled_const(self, number: float) -> ir.Value:
         """:meth:`cycled` in the parameter's dtype."""
-        return self.k(number) if self.momentum is None else self.to_param_dtype(self.momentum)
+        return self.const(number) if self.momentum is None else self.to_param_dtype(self.momentum)
 
-    def one_minus_cycled_k(self, number: float) -> ir.Value:
+    def one_minus_cycled_const(self, number: float) -> ir.Value:
         """``1 - momentum`` (or ``1 - beta1``) in the parameter's dtype."""
         if self.momentum is None:
-            return self.k(1.0 - number)
-        return self.to_param_dtype(self.b.op("Sub", self.d(1.0), self.momentum))
+            return self.const(1.0 - number)
+        return self.to_param_dtype(self.builder.op("Sub", self.double(1.0), self.momentum))
 
 
 State = Mapping[str, "ir.Value"]
@@ -80,19 +85,19 @@ State = Mapping[str, "ir.Value"]
 
 def lerp(ctx: UpdateContext, avg: ir.Value, x: ir.Value, weight: ir.Value) -> ir.Value:
     """``avg + (x - avg) * weight``: torch's ``avg.lerp_(x, weight)`` for weights below 0.5."""
-    b = ctx.b
+    b = ctx.builder
     return b.op("Add", avg, b.op("Mul", b.op("Sub", x, avg), weight))
 
 
 def decayed_square_average(ctx: UpdateContext, avg: ir.Value, x: ir.Value, decay: float) -> ir.Value:
     """``avg * decay + ((1 - decay) * x) * x``: torch's ``avg.mul_(decay).addcmul_(x, x, value=1 - decay)``."""
-    b = ctx.b
-    return b.op("Add", b.op("Mul", avg, ctx.k(decay)), b.op("Mul", b.op("Mul", x, ctx.k(1.0 - decay)), x))
+    b = ctx.builder
+    return b.op("Add", b.op("Mul", avg, ctx.const(decay)), b.op("Mul", b.op("Mul", x, ctx.const(1.0 - decay)), x))
 
 
 def adam_moments(ctx: UpdateContext, u: ir.Value, state: State, beta1: float, beta2: float):
     """The Adam family's first and second moments after one more gradient."""
-    m = lerp(ctx, state["exp_avg"], u, ctx.one_minus_cycled_k(beta1))
+    m = lerp(ctx, state["exp_avg"], u, ctx.one_minus_cycled_const(beta1))
     return m, decayed_square_average(ctx, state["exp_avg_sq"], u, beta2)
 
 
@@ -150,7 +155,7 @@ class Maximize(UpdateRule):
     """Ascend instead of descend: negate the gradient before anything else."""
 
     def emit(self, ctx, u, state):
-        return ctx.b.op("Neg", u), {}
+        return ctx.builder.op("Neg", u), {}
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,8 @@ class AddWeightDecay(UpdateRule):
     weight_decay: float
 
     def emit(self, ctx, u, state):
-        b = ctx.b
-        return b.op("Add", u, b.op("Mul", ctx.param, ctx.k(self.weight_decay))), {}
+        b = ctx.builder
+        return b.op("Add", u, b.op("Mul", ctx.param, ctx.const(self.weight_decay))), {}
 
 
 @dataclass(frozen=True)
@@ -176,16 +181,16 @@ class TraceMomentum(UpdateRule):
         return {"momentum_buffer": 0.0}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         buf = state["momentum_buffer"]
-        decayed = b.op("Mul", buf, ctx.cycled_k(self.momentum))
+        decayed = b.op("Mul", buf, ctx.cycled_const(self.momentum))
         if self.dampening == 0:
             later = b.op("Add", decayed, u)
         else:
-            later = b.op("Add", decayed, b.op("Mul", u, ctx.k(1.0 - self.dampening)))
+            later = b.op("Add", decayed, b.op("Mul", u, ctx.const(1.0 - self.dampening)))
         new_buf = b.op("Where", ctx.first, u, later)
         if self.nesterov:
-            u = b.op("Add", u, b.op("Mul", new_buf, ctx.cycled_k(self.momentum)))
+            u = b.op("Add", u, b.op("Mul", new_buf, ctx.cycled_const(self.momentum)))
         else:
             u = new_buf
         return u, {"momentum_buffer": new_buf}
@@ -207,15 +212,19 @@ class ScaleByAdam(UpdateRule):
         return slots
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         m, v = adam_moments(ctx, u, state, self.beta1, self.beta2)
         new_state = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = b.op("Max", state["max_exp_avg_sq"], v)
             new_state["max_exp_avg_sq"] = v
-        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), ctx.step))
-        bias_correction2_sqrt = b.op("Sqrt", b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta2), ctx.step)))
-        denom = b.op("Add", b.op("Div", b.op("Sqrt", v), ctx.to_param_dtype(bias_correction2_sqrt)), ctx.k(self.eps))
+        bias_correction1 = b.op("Sub", ctx.double(1.0), b.op("Pow", ctx.cycled(self.beta1), ctx.step))
+        bias_correction2_sqrt = b.op(
+            "Sqrt", b.op("Sub", ctx.double(1.0), b.op("Pow", ctx.double(self.beta2), ctx.step))
+        )
+        denom = b.op(
+            "Add", b.op("Div", b.op("Sqrt", v), ctx.to_param_dtype(bias_correction2_sqrt)), ctx.const(self.eps)
+        )
         direction = b.op("Div", b.op("Div", m, denom), ctx.to_param_dtype(bias_correction1))
         return direction, new_state
 
@@ -231,9 +240,9 @@ class ScaleByAdagrad(UpdateRule):
         return {"sum": float(self.initial_accumulator_value)}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         total = b.op("Add", state["sum"], b.op("Mul", u, u))
-        std = b.op("Add", b.op("Sqrt", total), ctx.k(self.eps))
+        std = b.op("Add", b.op("Sqrt", total), ctx.const(self.eps))
         return b.op("Div", u, std), {"sum": total}
 
 
@@ -244,8 +253,10 @@ class ScaleByLrDecay(UpdateRule):
     lr_decay: float
 
     def emit(self, ctx, u, state):
-        b = ctx.b
-        divisor = b.op("Add", ctx.d(1.0), b.op("Mul", b.op("Sub", ctx.step, ctx.d(1.0)), ctx.d(self.lr_decay)))
+        b = ctx.builder
+        divisor = b.op(
+            "Add", ctx.double(1.0), b.op("Mul", b.op("Sub", ctx.step, ctx.double(1.0)), ctx.double(self.lr_decay))
+        )
         return b.op("Div", u, ctx.to_param_dtype(divisor)), {}
 
 
@@ -267,20 +278,20 @@ class ScaleByRms(UpdateRule):
         return slots
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         square_avg = decayed_square_average(ctx, state["square_avg"], u, self.alpha)
         new_state = {"square_avg": square_avg}
         if self.centered:
             grad_avg = state["grad_avg"]
-            grad_avg = lerp(ctx, grad_avg, u, ctx.k(1 - self.alpha))
+            grad_avg = lerp(ctx, grad_avg, u, ctx.const(1 - self.alpha))
             new_state["grad_avg"] = grad_avg
             avg = b.op("Sqrt", b.op("Sub", square_avg, b.op("Mul", grad_avg, grad_avg)))
         else:
             avg = b.op("Sqrt", square_avg)
-        avg = b.op("Add", avg, ctx.k(self.eps))
+        avg = b.op("Add", avg, ctx.const(self.eps))
         direction = b.op("Div", u, avg)
         if self.momentum > 0:
-            direction = b.op("Add", b.op("Mul", state["momentum_buffer"], ctx.cycled_k(self.momentum)), direction)
+            direction = b.op("Add", b.op("Mul", state["momentum_buffer"], ctx.cycled_const(self.momentum)), direction)
             new_state["momentum_buffer"] = direction
         return direction, new_state
 
@@ -297,12 +308,14 @@ class ScaleByAdamax(UpdateRule):
         return {"exp_avg": 0.0, "exp_inf": 0.0}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
-        m = lerp(ctx, state["exp_avg"], u, ctx.one_minus_cycled_k(self.beta1))
+        b = ctx.builder
+        m = lerp(ctx, state["exp_avg"], u, ctx.one_minus_cycled_const(self.beta1))
         exp_inf = b.op(
-            "Max", b.op("Mul", state["exp_inf"], ctx.k(self.beta2)), b.op("Add", b.op("Abs", u), ctx.k(self.eps))
+            "Max",
+            b.op("Mul", state["exp_inf"], ctx.const(self.beta2)),
+            b.op("Add", b.op("Abs", u), ctx.const(self.eps)),
         )
-        bias_correction = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), ctx.step))
+        bias_correction = b.op("Sub", ctx.double(1.0), b.op("Pow", ctx.cycled(self.beta1), ctx.step))
         direction = b.op("Div", b.op("Div", m, exp_inf), ctx.to_param_dtype(bias_correction))
         return direction, {"exp_avg": m, "exp_inf": exp_inf}
 
@@ -318,10 +331,10 @@ class ScaleByAdadelta(UpdateRule):
         return {"square_avg": 0.0, "acc_delta": 0.0}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         square_avg = decayed_square_average(ctx, state["square_avg"], u, self.rho)
-        std = b.op("Sqrt", b.op("Add", square_avg, ctx.k(self.eps)))
-        delta = b.op("Mul", b.op("Div", b.op("Sqrt", b.op("Add", state["acc_delta"], ctx.k(self.eps))), std), u)
+        std = b.op("Sqrt", b.op("Add", square_avg, ctx.const(self.eps)))
+        delta = b.op("Mul", b.op("Div", b.op("Sqrt", b.op("Add", state["acc_delta"], ctx.const(self.eps))), std), u)
         acc_delta = decayed_square_average(ctx, state["acc_delta"], delta, self.rho)
         return delta, {"square_avg": square_avg, "acc_delta": acc_delta}
 
@@ -339,22 +352,22 @@ class ScaleByNadam(UpdateRule):
         return {"mu_product": Slot.scalar(1.0), "exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def _mu(self, ctx, step):
-        b = ctx.b
-        decay = b.op("Pow", ctx.d(0.96), b.op("Mul", step, ctx.d(self.momentum_decay)))
-        return b.op("Mul", ctx.cycled(self.beta1), b.op("Sub", ctx.d(1.0), b.op("Mul", ctx.d(0.5), decay)))
+        b = ctx.builder
+        decay = b.op("Pow", ctx.double(0.96), b.op("Mul", step, ctx.double(self.momentum_decay)))
+        return b.op("Mul", ctx.cycled(self.beta1), b.op("Sub", ctx.double(1.0), b.op("Mul", ctx.double(0.5), decay)))
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         m, v = adam_moments(ctx, u, state, self.beta1, self.beta2)
         mu = self._mu(ctx, ctx.step)
-        mu_next = self._mu(ctx, b.op("Add", ctx.step, ctx.d(1.0)))
+        mu_next = self._mu(ctx, b.op("Add", ctx.step, ctx.double(1.0)))
         # torch keeps mu_product as a float32 tensor and reads it back as a Python float
         mu_product = b.op("Mul", state["mu_product"], b.cast(mu, state["mu_product"].dtype))
         product = b.cast(mu_product, ctx.step.dtype)
-        bias_correction2 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.d(self.beta2), ctx.step))
-        denom = b.op("Add", b.op("Sqrt", b.op("Div", v, ctx.to_param_dtype(bias_correction2))), ctx.k(self.eps))
-        grad_coef = b.op("Div", b.op("Sub", ctx.d(1.0), mu), b.op("Sub", ctx.d(1.0), product))
-        avg_coef = b.op("Div", mu_next, b.op("Sub", ctx.d(1.0), b.op("Mul", product, mu_next)))
+        bias_correction2 = b.op("Sub", ctx.double(1.0), b.op("Pow", ctx.double(self.beta2), ctx.step))
+        denom = b.op("Add", b.op("Sqrt", b.op("Div", v, ctx.to_param_dtype(bias_correction2))), ctx.const(self.eps))
+        grad_coef = b.op("Div", b.op("Sub", ctx.double(1.0), mu), b.op("Sub", ctx.double(1.0), product))
+        avg_coef = b.op("Div", mu_next, b.op("Sub", ctx.double(1.0), b.op("Mul", product, mu_next)))
         direction = b.op(
             "Add",
             b.op("Mul", b.op("Div", u, denom), ctx.to_param_dtype(grad_coef)),
@@ -375,37 +388,41 @@ class ScaleByRadam(UpdateRule):
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         m, v = adam_moments(ctx, u, state, self.beta1, self.beta2)
         t = ctx.step
-        beta2_t = b.op("Pow", ctx.d(self.beta2), t)
-        bias_correction1 = b.op("Sub", ctx.d(1.0), b.op("Pow", ctx.cycled(self.beta1), t))
-        bias_correction2 = b.op("Sub", ctx.d(1.0), beta2_t)
+        beta2_t = b.op("Pow", ctx.double(self.beta2), t)
+        bias_correction1 = b.op("Sub", ctx.double(1.0), b.op("Pow", ctx.cycled(self.beta1), t))
+        bias_correction2 = b.op("Sub", ctx.double(1.0), beta2_t)
         rho_inf = 2 / (1 - self.beta2) - 1
         rho_t = b.op(
-            "Sub", ctx.d(rho_inf), b.op("Div", b.op("Mul", b.op("Mul", ctx.d(2.0), t), beta2_t), bias_correction2)
+            "Sub",
+            ctx.double(rho_inf),
+            b.op("Div", b.op("Mul", b.op("Mul", ctx.double(2.0), t), beta2_t), bias_correction2),
         )
         rect = b.op(
             "Sqrt",
             b.op(
                 "Div",
                 b.op(
-                    "Mul", b.op("Mul", b.op("Sub", rho_t, ctx.d(4.0)), b.op("Sub", rho_t, ctx.d(2.0))), ctx.d(rho_inf)
+                    "Mul",
+                    b.op("Mul", b.op("Sub", rho_t, ctx.double(4.0)), b.op("Sub", rho_t, ctx.double(2.0))),
+                    ctx.double(rho_inf),
                 ),
-                b.op("Mul", ctx.d((rho_inf - 4) * (rho_inf - 2)), rho_t),
+                b.op("Mul", ctx.double((rho_inf - 4) * (rho_inf - 2)), rho_t),
             ),
         )
         corrected = b.op("Div", m, ctx.to_param_dtype(bias_correction1))
         adaptive = b.op(
-            "Div", ctx.to_param_dtype(b.op("Sqrt", bias_correction2)), b.op("Add", b.op("Sqrt", v), ctx.k(self.eps))
+            "Div", ctx.to_param_dtype(b.op("Sqrt", bias_correction2)), b.op("Add", b.op("Sqrt", v), ctx.const(self.eps))
         )
         rectified = b.op("Mul", b.op("Mul", corrected, adaptive), ctx.to_param_dtype(rect))
-        direction = b.op("Where", b.op("Greater", rho_t, ctx.d(5.0)), rectified, corrected)
+        direction = b.op("Where", b.op("Greater", rho_t, ctx.double(5.0)), rectified, corrected)
         return direction, {"exp_avg": m, "exp_avg_sq": v}
 
 
 @dataclass(frozen=True)
-class Rprop(UpdateRule):
+class RpropUpdate(UpdateRule):
     """Rprop: per-element step sizes grown by ``etaplus`` / shrunk by ``etaminus`` on sign changes.
 
     Its update is ``-sign(u) * step_size`` (the learning rate only seeds ``step_size``),
@@ -422,26 +439,26 @@ class Rprop(UpdateRule):
         return {"prev": 0.0, "step_size": self.initial_step_size}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         sign = b.op("Sign", b.op("Mul", u, state["prev"]))
         factor = b.op(
             "Where",
-            b.op("Greater", sign, ctx.k(0.0)),
-            ctx.k(self.etaplus),
-            b.op("Where", b.op("Less", sign, ctx.k(0.0)), ctx.k(self.etaminus), ctx.k(1.0)),
+            b.op("Greater", sign, ctx.const(0.0)),
+            ctx.const(self.etaplus),
+            b.op("Where", b.op("Less", sign, ctx.const(0.0)), ctx.const(self.etaminus), ctx.const(1.0)),
         )
         step_size = b.op(
             "Min",
-            b.op("Max", b.op("Mul", state["step_size"], factor), ctx.k(self.step_size_min)),
-            ctx.k(self.step_size_max),
+            b.op("Max", b.op("Mul", state["step_size"], factor), ctx.const(self.step_size_min)),
+            ctx.const(self.step_size_max),
         )
-        grad = b.op("Where", b.op("Less", sign, ctx.k(0.0)), ctx.k(0.0), u)
+        grad = b.op("Where", b.op("Less", sign, ctx.const(0.0)), ctx.const(0.0), u)
         update = b.op("Neg", b.op("Mul", b.op("Sign", grad), step_size))
         return update, {"prev": grad, "step_size": step_size}
 
 
 @dataclass(frozen=True)
-class Asgd(UpdateRule):
+class AveragedSgdUpdate(UpdateRule):
     """ASGD: ``param * (1 - lambd * eta) - eta * u``, then the average ``ax`` and next ``eta``, ``mu``.
 
     ``eta`` (the step size, seeded by the learning rate and decayed by ``lambd``,
@@ -457,9 +474,9 @@ class Asgd(UpdateRule):
         return {"eta": Slot.scalar(self.initial_eta), "mu": Slot.scalar(1.0), "ax": 0.0}
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         eta = ctx.to_param_dtype(state["eta"])
-        decay = b.op("Mul", ctx.param, b.op("Mul", eta, ctx.k(self.lambd)))
+        decay = b.op("Mul", ctx.param, b.op("Mul", eta, ctx.const(self.lambd)))
         update = b.op("Neg", b.op("Add", decay, b.op("Mul", u, eta)))
         lr = ctx.lr
         next_eta = b.op(
@@ -467,16 +484,16 @@ class Asgd(UpdateRule):
             lr,
             b.op(
                 "Pow",
-                b.op("Add", ctx.d(1.0), b.op("Mul", b.op("Mul", ctx.d(self.lambd), lr), ctx.step)),
-                ctx.d(self.alpha),
+                b.op("Add", ctx.double(1.0), b.op("Mul", b.op("Mul", ctx.double(self.lambd), lr), ctx.step)),
+                ctx.double(self.alpha),
             ),
         )
-        next_mu = b.op("Div", ctx.d(1.0), b.op("Max", ctx.d(1.0), b.op("Sub", ctx.step, ctx.d(self.t0))))
+        next_mu = b.op("Div", ctx.double(1.0), b.op("Max", ctx.double(1.0), b.op("Sub", ctx.step, ctx.double(self.t0))))
         dtype = state["eta"].dtype
         return update, {"eta": b.cast(next_eta, dtype), "mu": b.cast(next_mu, dtype)}
 
     def after_update(self, ctx, new_param, state):
-        b = ctx.b
+        b = ctx.builder
         ax, mu = state["ax"], ctx.to_param_dtype(state["mu"])
         averaged = b.op("Add", ax, b.op("Mul", b.op("Sub", new_param, ax), mu))
         # torch copies the parameter while mu == 1 (before t0), and averages after
@@ -488,7 +505,7 @@ class ScaleByLearningRate(UpdateRule):
     """``-lr * u``: the last rule of every chain, and the one place with a minus sign."""
 
     def emit(self, ctx, u, state):
-        b = ctx.b
+        b = ctx.builder
         return b.op("Mul", u, ctx.to_param_dtype(b.op("Neg", ctx.lr))), {}
 
 
@@ -512,7 +529,7 @@ def emit_chain(
     for rule in rules:
         u, rule_state = rule.emit(ctx, u, state)
         new_state.update(rule_state)
-    new_param = ctx.b.op("Add", ctx.param, u)
+    new_param = ctx.builder.op("Add", ctx.param, u)
     for rule in rules:
         new_state.update(rule.after_update(ctx, new_param, state))
     return new_param, new_state

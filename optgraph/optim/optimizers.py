@@ -7,11 +7,60 @@ Each class only validates its options and says which chain of update rules
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from optgraph.optim import rules as R
+
+Checker = Callable[[Any], None]
+
+
+def check(ok: Callable[[Any], bool], message: str) -> Checker:
+    """A checker that raises ``ValueError(message.format(value))`` unless ``ok(value)``."""
+
+    def checker(value: Any) -> None:
+        if not ok(value):
+            raise ValueError(message.format(value))
+
+    return checker
+
+
+def non_negative(what: str, *, nan_passes: bool = False) -> Checker:
+    """torch's ``Invalid <what>: <value>`` for a negative value.
+
+    torch writes most of these ``not 0.0 <= value``, which NaN fails; SGD writes ``value < 0.0``,
+    which NaN passes (``nan_passes=True``).
+    """
+    if nan_passes:
+        return check(lambda v: not v < 0.0, f"Invalid {what}: {{}}")
+    return check(lambda v: 0.0 <= v, f"Invalid {what}: {{}}")
+
+
+def each(*checkers: Checker) -> Checker:
+    """A checker of a tuple option: the i-th checker checks the i-th element, in order."""
+
+    def checker(values: Any) -> None:
+        for check_one, value in zip(checkers, values):
+            check_one(value)
+
+    return checker
+
+
+def _beta(index: int) -> Checker:
+    return check(lambda v: 0.0 <= v < 1.0, f"Invalid beta parameter at index {index}: {{}}")
+
+
+#: the Adam family's ``betas``: each in [0, 1)
+BETAS = each(_beta(0), _beta(1))
+LEARNING_RATE = non_negative("learning rate")
+EPSILON = non_negative("epsilon value")
+WEIGHT_DECAY = non_negative("weight_decay value")
+
+#: Adam's checks, which most of the family (and Lion) share, in torch's order
+_ADAM_CHECKS: dict[str, Checker] = {
+    "lr": LEARNING_RATE, "eps": EPSILON, "betas": BETAS, "weight_decay": WEIGHT_DECAY,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -35,20 +84,29 @@ class Optimizer:
     #: whether torch keeps a per-parameter ``step`` tensor in this optimizer's state
     has_step_slot: ClassVar[bool] = True
 
+    #: option name -> its checker, in the order torch checks them (the first failure is the error)
+    checks: ClassVar[dict[str, Checker]] = {}
+
     def __init__(self, defaults: dict[str, Any], param_groups: Sequence[dict] | None) -> None:
         self._validate(defaults)
         self.defaults = dict(defaults)
         self.param_groups = [self._check_group(i, g) for i, g in enumerate(param_groups or [])]
 
     # -- subclasses ---------------------------------------------------------
-    def _validate(self, options: dict[str, Any]) -> None:
-        raise NotImplementedError
+    def check_together(self, options: dict[str, Any]) -> None:
+        """Rules across options that torch checks after the per-option ones (SGD's nesterov); none by default."""
 
     def rules(self, options: dict[str, Any]) -> list[R.UpdateRule]:
         """The chain of update rules for one group's options."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------
+    def _validate(self, options: dict[str, Any]) -> None:
+        """Raise what torch raises for invalid options: the table first, then the cross-option rules."""
+        for option, checker in self.checks.items():
+            checker(options[option])
+        self.check_together(options)
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -134,32 +192,20 @@ def _adam_family(o: dict[str, Any], scale: R.UpdateRule) -> list[R.UpdateRule]:
     return chain
 
 
-def _check_betas(betas) -> None:
-    if not 0.0 <= betas[0] < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-    if not 0.0 <= betas[1] < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-
-
-def _check_eps(eps) -> None:
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-
-
-def _check_lr(lr) -> None:
-    if not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr}")
-
-
-def _check_weight_decay(weight_decay) -> None:
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-
-
 class SGD(Optimizer):
     """torch.optim.SGD."""
 
     has_step_slot = False
+
+    checks = {
+        "lr": non_negative("learning rate", nan_passes=True),
+        "momentum": non_negative("momentum value", nan_passes=True),
+        "weight_decay": non_negative("weight_decay value", nan_passes=True),
+    }
+
+    def check_together(self, o):
+        if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def __init__(
         self,
@@ -178,16 +224,6 @@ class SGD(Optimizer):
         )  # fmt: skip
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        if o["lr"] < 0.0:
-            raise ValueError(f"Invalid learning rate: {o['lr']}")
-        if o["momentum"] < 0.0:
-            raise ValueError(f"Invalid momentum value: {o['momentum']}")
-        if o["weight_decay"] < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {o['weight_decay']}")
-        if o["nesterov"] and (o["momentum"] <= 0 or o["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-
     def rules(self, o):
         chain = _gradient_rules(o)
         if o["momentum"] != 0:
@@ -198,6 +234,8 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """torch.optim.Adam: L2 weight decay added to the gradient, or decoupled (``decoupled_weight_decay=True``)."""
+
+    checks = _ADAM_CHECKS
 
     def __init__(
         self,
@@ -216,12 +254,6 @@ class Adam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
         )  # fmt: skip
         super().__init__(defaults, param_groups)
-
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        _check_eps(o["eps"])
-        _check_betas(o["betas"])
-        _check_weight_decay(o["weight_decay"])
 
     def rules(self, o):
         return _adam_family(o, R.ScaleByAdam(o["betas"][0], o["betas"][1], o["eps"], o["amsgrad"]))
@@ -253,6 +285,14 @@ class AdamW(Adam):
 class Adagrad(Optimizer):
     """torch.optim.Adagrad."""
 
+    checks = {
+        "lr": LEARNING_RATE,
+        "lr_decay": non_negative("lr_decay value"),
+        "weight_decay": WEIGHT_DECAY,
+        "initial_accumulator_value": non_negative("initial_accumulator_value value"),
+        "eps": EPSILON,
+    }
+
     def __init__(
         self,
         lr: float = 1e-2,
@@ -270,16 +310,6 @@ class Adagrad(Optimizer):
         )  # fmt: skip
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        if not 0.0 <= o["lr_decay"]:
-            raise ValueError(f"Invalid lr_decay value: {o['lr_decay']}")
-        _check_weight_decay(o["weight_decay"])
-        if not 0.0 <= o["initial_accumulator_value"]:
-            raise ValueError(f"Invalid initial_accumulator_value value: {o['initial_accumulator_value']}")
-        if not 0.0 <= o["eps"]:
-            raise ValueError(f"Invalid epsilon value: {o['eps']}")
-
     def rules(self, o):
         chain = _gradient_rules(o)
         chain.append(R.ScaleByAdagrad(o["eps"], o["initial_accumulator_value"]))
@@ -291,6 +321,14 @@ class Adagrad(Optimizer):
 
 class RMSprop(Optimizer):
     """torch.optim.RMSprop."""
+
+    checks = {
+        "lr": LEARNING_RATE,
+        "eps": EPSILON,
+        "momentum": non_negative("momentum value"),
+        "weight_decay": WEIGHT_DECAY,
+        "alpha": non_negative("alpha value"),
+    }
 
     def __init__(
         self,
@@ -310,15 +348,6 @@ class RMSprop(Optimizer):
         )  # fmt: skip
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        _check_eps(o["eps"])
-        if not 0.0 <= o["momentum"]:
-            raise ValueError(f"Invalid momentum value: {o['momentum']}")
-        _check_weight_decay(o["weight_decay"])
-        if not 0.0 <= o["alpha"]:
-            raise ValueError(f"Invalid alpha value: {o['alpha']}")
-
     def rules(self, o):
         chain = _gradient_rules(o)
         chain.append(R.ScaleByRms(o["alpha"], o["eps"], o["centered"], o["momentum"]))
@@ -328,6 +357,8 @@ class RMSprop(Optimizer):
 
 class Adamax(Optimizer):
     """torch.optim.Adamax."""
+
+    checks = _ADAM_CHECKS
 
     def __init__(
         self,
@@ -342,12 +373,6 @@ class Adamax(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        _check_eps(o["eps"])
-        _check_betas(o["betas"])
-        _check_weight_decay(o["weight_decay"])
-
     def rules(self, o):
         chain = _gradient_rules(o)
         chain.append(R.ScaleByAdamax(o["betas"][0], o["betas"][1], o["eps"]))
@@ -357,6 +382,13 @@ class Adamax(Optimizer):
 
 class Adadelta(Optimizer):
     """torch.optim.Adadelta."""
+
+    checks = {
+        "lr": LEARNING_RATE,
+        "rho": check(lambda v: 0.0 <= v <= 1.0, "Invalid rho value: {}"),
+        "eps": EPSILON,
+        "weight_decay": WEIGHT_DECAY,
+    }
 
     def __init__(
         self,
@@ -371,13 +403,6 @@ class Adadelta(Optimizer):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        if not 0.0 <= o["rho"] <= 1.0:
-            raise ValueError(f"Invalid rho value: {o['rho']}")
-        _check_eps(o["eps"])
-        _check_weight_decay(o["weight_decay"])
-
     def rules(self, o):
         chain = _gradient_rules(o)
         chain.append(R.ScaleByAdadelta(o["rho"], o["eps"]))
@@ -387,6 +412,8 @@ class Adadelta(Optimizer):
 
 class NAdam(Optimizer):
     """torch.optim.NAdam."""
+
+    checks = {**_ADAM_CHECKS, "momentum_decay": non_negative("momentum_decay value")}
 
     def __init__(
         self,
@@ -406,20 +433,14 @@ class NAdam(Optimizer):
         )  # fmt: skip
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        _check_eps(o["eps"])
-        _check_betas(o["betas"])
-        _check_weight_decay(o["weight_decay"])
-        if not 0.0 <= o["momentum_decay"]:
-            raise ValueError(f"Invalid momentum_decay value: {o['momentum_decay']}")
-
     def rules(self, o):
         return _adam_family(o, R.ScaleByNadam(o["betas"][0], o["betas"][1], o["eps"], o["momentum_decay"]))
 
 
 class RAdam(Optimizer):
     """torch.optim.RAdam."""
+
+    checks = _ADAM_CHECKS
 
     def __init__(
         self,
@@ -438,18 +459,17 @@ class RAdam(Optimizer):
         )  # fmt: skip
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        _check_eps(o["eps"])
-        _check_betas(o["betas"])
-        _check_weight_decay(o["weight_decay"])
-
     def rules(self, o):
         return _adam_family(o, R.ScaleByRadam(o["betas"][0], o["betas"][1], o["eps"]))
 
 
 class Rprop(Optimizer):
     """torch.optim.Rprop (the learning rate seeds every element's step size)."""
+
+    checks = {
+        "lr": LEARNING_RATE,
+        "etas": check(lambda e: 0.0 < e[0] < 1.0 < e[1], "Invalid eta values: {0[0]}, {0[1]}"),
+    }
 
     def __init__(
         self,
@@ -463,12 +483,6 @@ class Rprop(Optimizer):
         defaults = dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes), maximize=maximize)
         super().__init__(defaults, param_groups)
 
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        etas = o["etas"]
-        if not 0.0 < etas[0] < 1.0 < etas[1]:
-            raise ValueError(f"Invalid eta values: {etas[0]}, {etas[1]}")
-
     def rules(self, o):
         chain: list[R.UpdateRule] = [R.Maximize()] if o["maximize"] else []
         etaminus, etaplus = o["etas"]
@@ -479,6 +493,8 @@ class Rprop(Optimizer):
 
 class ASGD(Optimizer):
     """torch.optim.ASGD (averaged SGD; the average is the ``ax`` slot)."""
+
+    checks = {"lr": LEARNING_RATE, "weight_decay": WEIGHT_DECAY}
 
     def __init__(
         self,
@@ -493,10 +509,6 @@ class ASGD(Optimizer):
     ) -> None:
         defaults = dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, maximize=maximize)
         super().__init__(defaults, param_groups)
-
-    def _validate(self, o):
-        _check_lr(o["lr"])
-        _check_weight_decay(o["weight_decay"])
 
     def rules(self, o):
         chain = _gradient_rules(o)

@@ -11,6 +11,7 @@ broken install cannot pass as a skip.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 import shutil
@@ -24,8 +25,15 @@ EXAMPLES = REPO / "examples"
 
 
 def load_tool(name: str):
-    """The module ``tools/<name>.py`` (tools is no package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    """The module ``tools.<name>`` (the repository root is on pytest's ``pythonpath``)."""
+    return importlib.import_module(f"tools.{name}")
+
+
+def load_example(path: str):
+    """The Python module ``examples/<path>``: the examples are scripts beside their pages, not a package."""
+    file = EXAMPLES / path
+    name = f"optgraph_example_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -63,7 +71,7 @@ def old_runtime_python(runtime: str) -> Path:
     """The interpreter of the environment of ``runtime`` (a key of ``OLD_RUNTIMES``), which holds that wheel only."""
     wanted = OLD_RUNTIMES[runtime]
     python = _venvs.python_of(wanted.path)
-    how = f"run python tools/old_runtime_venv.py --runtime {runtime}"
+    how = f"run python -m tools.old_runtime_venv --runtime {runtime}"
     require(python.exists(), f"the {wanted.label} environment", how)
     expected = dict(spec.split("==") for spec in wanted.packages if "onnxruntime" in spec)
     installed = _installed(python)

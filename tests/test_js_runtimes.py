@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import threading
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from models import make_batch, make_model
-from runtimes import EXAMPLES, chromium, node
+from runtimes import EXAMPLES, chromium, load_example, node
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
@@ -84,12 +83,11 @@ def test_node_trains_like_python_and_python_resumes_its_checkpoint(artifact_and_
 def test_browser_trains_like_python(artifact_and_data):
     folder = artifact_and_data
     browser = chromium()
-    sys.path.insert(0, str(EXAMPLES / "web"))
-    from serve import ExampleServer
+    serve = load_example("web/serve.py")
 
     received = threading.Event()
     report = {}
-    server = ExampleServer(
+    server = serve.ExampleServer(
         folder / "artifact", folder / "data.safetensors", on_report=lambda r: (report.update(r), received.set())
     )
     server.start()

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from runtimes import REPO
-
-sys.path.insert(0, str(REPO / "tools"))
-from memory_check import measure  # noqa: E402
+from tools.memory_check import measure
 
 
 def test_rss_is_flat_over_2000_steps():

@@ -1,7 +1,7 @@
 """The artifacts load and train on onnxruntime 1.19.2 exactly as on current onnxruntime.
 
 Both 1.19.2 wheels, stock ``onnxruntime`` and ``onnxruntime-training``, live in
-environments of their own (``python tools/old_runtime_venv.py``);
+environments of their own (``python -m tools.old_runtime_venv``);
 ``tests/replay.py`` trains in each and here on the same batches, and the
 losses, learning rates and final checkpoints are compared. Compiling costs
 far more than a replay, so each case compiles once and replays on both.

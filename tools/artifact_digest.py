@@ -1,10 +1,10 @@
 """Print the sha256 of every file of a matrix of compiled artifacts, to prove a refactor changes no byte.
 
-    python tools/artifact_digest.py > before.json     # on the old commit
-    python tools/artifact_digest.py > after.json      # on the new one
-    python tools/artifact_digest.py --compare before.json after.json
+    python -m tools.artifact_digest > before.json     # on the old commit
+    python -m tools.artifact_digest > after.json      # on the new one
+    python -m tools.artifact_digest --compare before.json after.json
 
-The matrix: the benchmark's MLP and CNN with AdamW (what ``tools/benchmark.py``
+The matrix: the benchmark's MLP and CNN with AdamW (what ``tools.benchmark``
 times), and a small MLP under every optimizer in ``optgraph.optim.__all__`` and
 every schedule in ``optgraph.lr_scheduler.__all__`` that builds from defaults,
 with clipping, accumulation, parameter groups and a BatchNorm model. A case
@@ -37,9 +37,7 @@ def cases():
 
     import optgraph
     from optgraph import lr_scheduler, optim
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import benchmark
+    from tools import benchmark
 
     def mlp():
         return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))

@@ -1,6 +1,6 @@
 """Time one AdamW training step: optgraph on onnxruntime, eager torch, and onnxruntime-training.
 
-    python tools/benchmark.py [--threads 2] [--steps 200] [--rounds 5] [--batch 64] [--models mlp cnn] [--peer]
+    python -m tools.benchmark [--threads 2] [--steps 200] [--rounds 5] [--batch 64] [--models mlp cnn] [--peer]
 
 Each side runs in its own process (two frameworks in one process fight over
 spinning thread pools), with the same model, batch and number of intra-op
@@ -11,7 +11,7 @@ counts, so that machine noise hits all of them alike.
   backward, optimizer update), from an artifact directory, without torch.
 - torch: ``zero_grad; loss.backward(); opt.step()``.
 - onnxruntime-training 1.19.2 (``--peer``; its environment comes from
-  ``python tools/old_runtime_venv.py --peer``): its on-device training API,
+  ``python -m tools.old_runtime_venv --peer``): its on-device training API,
   ``module(x, y); optimizer.step(); module.lazy_reset_grad()``, on artifacts
   made by its ``generate_artifacts`` from the same model exported to ONNX.
 """
@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--peer", action="store_true", help="also time onnxruntime-training 1.19.2")
     args = parser.parse_args()
     if args.peer and not PEER_PYTHON.exists():
-        sys.exit(f"no {PEER_PYTHON}: run python tools/old_runtime_venv.py --peer first")
+        sys.exit(f"no {PEER_PYTHON}: run python -m tools.old_runtime_venv --peer first")
     sides = {"optgraph": sys.executable, "torch": sys.executable}
     if args.peer:
         sides["ort-training"] = PEER_PYTHON

@@ -1,6 +1,6 @@
 """Capture the models of the test zoos and print capture time and ONNX node counts.
 
-python tools/capture_report.py [NAME ...] [--hf | --all]
+python -m tools.capture_report [NAME ...] [--hf | --all]     # from the repository root
 
 With no name: every model of the capture zoo (tests/capture/zoo.py); ``--hf``: every model of the
 Hugging Face zoo (tests/hf/hf_zoo.py, needs ``transformers`` and ``peft``), named ``hf-<model>``
@@ -11,20 +11,13 @@ and captured as the tests compile them (text models with a dynamic sequence leng
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS / "capture"))
-sys.path.insert(0, str(TESTS / "hf"))
-
-from zoo import LOSSES, MODELS  # noqa: E402
-
-from optgraph.capture import capture  # noqa: E402
+from optgraph.capture import capture
+from tests.capture.zoo import LOSSES, MODELS
 
 
 def _zoo_cases() -> dict[str, Callable]:
@@ -38,8 +31,8 @@ def _zoo_cases() -> dict[str, Callable]:
 
 def _hf_cases() -> dict[str, Callable]:
     """The Hugging Face zoo, and LoRA on its LLaMA, captured as tests/hf compiles them."""
-    from hf_zoo import MODELS as HF_MODELS
-    from hf_zoo import logits_ce, lora_llama, token_ids
+    from tests.hf.hf_zoo import MODELS as HF_MODELS
+    from tests.hf.hf_zoo import logits_ce, lora_llama, token_ids
 
     def run(case):
         inputs = lambda b, g: case.inputs(b, case.seq, g)  # noqa: E731

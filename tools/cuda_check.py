@@ -1,7 +1,7 @@
 """Check training on CUDA: state on the GPU, device_id honoured, parity with CPU, save and resume.
 
-    python tools/cuda_check.py prepare DIR   # anywhere with torch: a small artifact and its batches into DIR
-    python tools/cuda_check.py run DIR       # on a GPU machine with onnxruntime-gpu: every check; no torch needed
+    python -m tools.cuda_check prepare DIR   # anywhere with torch: a small artifact and its batches into DIR
+    python -m tools.cuda_check run DIR       # on a GPU machine with onnxruntime-gpu: every check; no torch needed
 
 ``run`` prints one JSON line per check (``{"check": ..., "ok": ..., ...}``) and
 exits 1 when one fails, 2 when onnxruntime finds no usable GPU. The checks:

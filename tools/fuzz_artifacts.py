@@ -1,6 +1,6 @@
 """Fuzz artifact loading: mutate a saved artifact in many ways and load each mutant.
 
-python tools/fuzz_artifacts.py [--cases 2000] [--seed 0] [--artifact DIR] [--workdir DIR]
+python -m tools.fuzz_artifacts [--cases 2000] [--seed 0] [--artifact DIR] [--workdir DIR]
 
 Every case must end in an ``ArtifactError`` or in a session that loads and
 trains; any other exception, a crash of the process, or a read of a file

@@ -1,6 +1,6 @@
 """Training memory of a LoRA artifact against the base model's inference memory (peak RSS, CPU).
 
-    python tools/lora_memory.py [--hidden 512] [--layers 4] [--vocab 8192] [--batch 4] [--seq 128] [--steps 5]
+    python -m tools.lora_memory [--hidden 512] [--layers 4] [--vocab 8192] [--batch 4] [--seq 128] [--steps 5]
 
 A LLaMA (grouped-query attention) with random weights is compiled twice in a first process: with
 LoRA adapters (rank 8 on the attention projections, through peft) and fully trainable; the

@@ -1,6 +1,6 @@
 """Train the MLP for many steps and report the process's resident memory (RSS) as it goes.
 
-    python tools/memory_check.py [--steps 5000] [--batch-size 64] [--max-growth-mb 4]
+    python -m tools.memory_check [--steps 5000] [--batch-size 64] [--max-growth-mb 4]
 
 A session keeps its state on the device and swaps two preallocated buffers
 per state tensor, so after the first steps nothing should grow. RSS is read
@@ -38,11 +38,11 @@ def rss_mb() -> float:
 def compile_mlp(batch_size: int):
     """The benchmark's MLP, with AdamW and a cosine schedule."""
     import torch
-    from benchmark import mlp
     from torch import nn
 
     import optgraph
     from optgraph import lr_scheduler, optim
+    from tools.benchmark import mlp
 
     torch.manual_seed(0)
     model = mlp()

@@ -1,6 +1,6 @@
 """Make virtual environments with onnxruntime 1.19.2: the stock wheel and the onnxruntime-training wheel.
 
-    python tools/old_runtime_venv.py [--runtime stock|training|all] [--path DIR] [--peer]
+    python -m tools.old_runtime_venv [--runtime stock|training|all] [--path DIR] [--peer]
 
 Many shipped apps still carry onnxruntime 1.19, and onnxruntime-training's
 on-device training (the peer optgraph compares with) exists only there. Two
@@ -17,7 +17,7 @@ installed without dependencies: training needs no torch.
 ``tests/test_old_runtime.py`` trains artifacts in each environment and
 compares them with current onnxruntime. ``--peer`` adds the CPU torch wheel
 to the training environment, which onnxruntime-training's artifact generator
-imports, for ``tools/benchmark.py --peer``.
+imports, for ``python -m tools.benchmark --peer``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ RUNTIMES = {
         "onnxruntime-training 1.19.2", REPO / ".venv-ort1.19", ["onnxruntime-training==1.19.2", *COMMON]
     ),
 }
-DEFAULT_PATH = RUNTIMES["training"].path  # tools/benchmark.py --peer looks for the training wheel here
+DEFAULT_PATH = RUNTIMES["training"].path  # tools.benchmark --peer looks for the training wheel here
 
 
 def python_of(path: Path) -> Path:

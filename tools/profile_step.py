@@ -1,6 +1,6 @@
 """Profile ``train_step.onnx`` of an artifact with onnxruntime's profiler: time per op type.
 
-python tools/profile_step.py ARTIFACT_DIR [--batch 64] [--steps 50] [--threads 2] [--out DIR]
+python -m tools.profile_step ARTIFACT_DIR [--batch 64] [--steps 50] [--threads 2] [--out DIR]
 
 onnxruntime's profiles (chrome-trace JSON, one per graph) go to a temporary
 folder that is removed afterwards, or are kept in ``--out DIR``; nothing is

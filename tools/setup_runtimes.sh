@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the runtimes the cross-runtime tests train on, beside the main environment:
 #   - onnxruntime 1.19.2, the stock and the onnxruntime-training wheel, in .venv-ort1.19-stock and
-#     .venv-ort1.19 (tools/old_runtime_venv.py; it makes both)
+#     .venv-ort1.19 (python -m tools.old_runtime_venv; it makes both)
 #   - onnxruntime-node and onnxruntime-web under examples/ (npm, from the lock files)
 #   - Debian's chromium for the browser test, and Node if absent (apt-get, when we are root)
 # Without them those tests skip; with OPTGRAPH_REQUIRE_RUNTIMES=1 (as in CI) they fail.
@@ -15,7 +15,7 @@ apt_install() {  # Debian packages, when missing and we may install them
     fi
 }
 
-python3 tools/old_runtime_venv.py --runtime all
+python3 -m tools.old_runtime_venv --runtime all
 command -v npm >/dev/null || apt_install nodejs npm
 for example in examples/node examples/web; do
     # --ignore-scripts: onnxruntime-node's install script downloads extra binaries; the CPU one ships in the package

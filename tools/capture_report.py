@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from optgraph.artifact.names import target_names
 from optgraph.capture import capture
 from tests.capture.zoo import LOSSES, MODELS
 
@@ -41,9 +42,10 @@ def _hf_cases() -> dict[str, Callable]:
 
     cases = {f"hf-{k}": run(v) for k, v in HF_MODELS.items()}
     seq = {0: "batch", 1: "seq"}
+    (target,) = target_names(1)
     cases["hf-llama-lora"] = lambda: _capture(
         lora_llama(), lambda b, g: (token_ids(b, 12, g),), lambda b, g: (token_ids(b, 12, g),), logits_ce,
-        {"input_ids": seq, "target": seq},
+        {"input_ids": seq, target: seq},
     )  # fmt: skip
     return cases
 

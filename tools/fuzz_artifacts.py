@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 import optgraph
+from optgraph.artifact.names import CHECKPOINT_FILE, GRAPH_FILES, MANIFEST_FILE, PARAM_KEY, SHA256_KEY, GraphName, Role
 from optgraph.errors import ArtifactError, OptgraphError
 
 CPU = ["CPUExecutionProvider"]
-GRAPH_FILES = ("train_step.onnx", "scheduler_step.onnx", "eval.onnx")
-BINARY_FILES = (*GRAPH_FILES, "checkpoint.safetensors")
+GRAPH_FILE_NAMES = tuple(GRAPH_FILES.values())  # train_step, scheduler_step, eval
+BINARY_FILES = (*GRAPH_FILE_NAMES, CHECKPOINT_FILE)
 
 
 class ReadWatch:
@@ -83,16 +84,16 @@ def _digest(data: bytes) -> str:
 
 
 def _manifest(case: Path) -> dict:
-    return json.loads((case / "manifest.json").read_text())
+    return json.loads((case / MANIFEST_FILE).read_text())
 
 
 def _write_manifest(case: Path, data: dict) -> None:
-    (case / "manifest.json").write_text(json.dumps(data))
+    (case / MANIFEST_FILE).write_text(json.dumps(data))
 
 
 def _rehash(case: Path, file: str) -> None:
     data = _manifest(case)
-    data["sha256"][file] = _digest((case / file).read_bytes())
+    data[SHA256_KEY][file] = _digest((case / file).read_bytes())
     _write_manifest(case, data)
 
 
@@ -114,7 +115,8 @@ def _parent(root, path):
 
 
 WEIRD_VALUES = [None, True, False, 0, -1, 1, 2**63, 2**40, 1.5, float("nan"), float("inf"), "", "x", "../x",
-                "batch", [], [1], [-1], ["a", 3], {}, {"a": 1}, "float32", "int64", "param", "optim_state"]  # fmt: skip
+                "batch", [], [1], [-1], ["a", 3], {}, {"a": 1}, "float32", "int64", Role.PARAM.value,
+                Role.OPTIM_STATE.value]  # fmt: skip
 
 
 def mutate(case: Path, outside: Path, rng: random.Random) -> tuple[str, bool]:
@@ -141,10 +143,10 @@ def mutate(case: Path, outside: Path, rng: random.Random) -> tuple[str, bool]:
         return f"{kind}:{file}", kind.endswith("rehashed")
     data = _manifest(case)
     if kind == "manifest-bytes":
-        raw = bytearray((case / "manifest.json").read_bytes())
+        raw = bytearray((case / MANIFEST_FILE).read_bytes())
         position = rng.randrange(len(raw))
         raw[position] = rng.randrange(256) if rng.random() < 0.5 else raw[position] ^ 0x20
-        (case / "manifest.json").write_bytes(bytes(raw[: rng.randint(position, len(raw))]))
+        (case / MANIFEST_FILE).write_bytes(bytes(raw[: rng.randint(position, len(raw))]))
         return kind, False
     nodes = list(_paths(data))[1:]
     if kind == "manifest-delete":
@@ -155,30 +157,30 @@ def mutate(case: Path, outside: Path, rng: random.Random) -> tuple[str, bool]:
         path, _ = rng.choice(nodes)
         _parent(data, path)[path[-1]] = rng.choice(WEIRD_VALUES)
     elif kind == "manifest-rename":
-        strings = [(p, v) for p, v in nodes if isinstance(v, str) and p[-1] in ("name", "feeds", "file", "param")]
+        strings = [(p, v) for p, v in nodes if isinstance(v, str) and p[-1] in ("name", "feeds", "file", PARAM_KEY)]
         path, value = rng.choice(strings)
         others = sorted({v for _, v in strings if v != value})
         _parent(data, path)[path[-1]] = rng.choice([value + "x", value.upper(), rng.choice(others)])
     elif kind == "file-name":
         graph = rng.choice(list(data["graphs"].values()))
-        target = rng.choice(GRAPH_FILES)
+        target = rng.choice(GRAPH_FILE_NAMES)
         graph["file"] = rng.choice(
             [f"../outside/{target}", str(outside / target), f"./{target}", f"sub/../{target}", "..", ".", "",
-             "manifest.json", "checkpoint.safetensors", target + "\0", f"..\\outside\\{target}", "/dev/zero"]
+             MANIFEST_FILE, CHECKPOINT_FILE, target + "\0", f"..\\outside\\{target}", "/dev/zero"]
         )  # fmt: skip
     elif kind == "huge-shape":
         specs = [t for g in data["graphs"].values() for t in g["inputs"] + g["outputs"]]
         spec = rng.choice(specs)
         spec["shape"] = rng.choice([[2**40], [2**62, 2**62], [-1], [1e9], [0], list(spec["shape"]) + [1], []])
     elif kind == "symlink":
-        file = rng.choice([*BINARY_FILES, "manifest.json"])
+        file = rng.choice([*BINARY_FILES, MANIFEST_FILE])
         (case / file).unlink()
         (case / file).symlink_to(rng.choice([outside / file, outside / "sentinel.bin", Path("/dev/zero")]))
         return kind, False  # the manifest may be the link: do not write through it
     elif kind == "external-data":
         import onnx
 
-        file = rng.choice(GRAPH_FILES)
+        file = rng.choice(GRAPH_FILE_NAMES)
         model = onnx.load_from_string((case / file).read_bytes())
         tensor = onnx.helper.make_tensor("leak", onnx.TensorProto.FLOAT, [4], [0.0] * 4)
         tensor.ClearField("float_data")
@@ -188,14 +190,14 @@ def mutate(case: Path, outside: Path, rng: random.Random) -> tuple[str, bool]:
         )
         model.graph.initializer.append(tensor)
         (case / file).write_bytes(model.SerializeToString())
-        data["sha256"][file] = _digest((case / file).read_bytes())
+        data[SHA256_KEY][file] = _digest((case / file).read_bytes())
     _write_manifest(case, data)
     return kind, kind == "external-data"
 
 
 def _batch(session: optgraph.TrainingSession, rng: np.random.Generator) -> list[np.ndarray]:
     arrays = []
-    for spec in session.manifest.graphs["train_step"].inputs:
+    for spec in session.manifest.graphs[GraphName.TRAIN_STEP].inputs:
         if spec.is_state:
             continue
         shape = [3 if isinstance(d, str) else d for d in spec.shape]
@@ -216,8 +218,8 @@ def exercise(directory: Path, batches: list[list[np.ndarray]], scratch: Path) ->
         except OptgraphError as e:
             results.append(type(e).__name__)
     try:
-        session.scheduler_step(1.0) if session.manifest.graphs["scheduler_step"].inputs and any(
-            not t.is_state for t in session.manifest.graphs["scheduler_step"].inputs
+        session.scheduler_step(1.0) if session.manifest.graphs[GraphName.SCHEDULER_STEP].inputs and any(
+            not t.is_state for t in session.manifest.graphs[GraphName.SCHEDULER_STEP].inputs
         ) else session.scheduler_step()
     except OptgraphError:
         pass
@@ -239,7 +241,7 @@ def run(artifact: Path, cases: int, seed: int, workdir: Path, progress=None) -> 
     shutil.rmtree(root, ignore_errors=True)
     outside = root / "outside"
     outside.mkdir(parents=True)
-    for file in [*BINARY_FILES, "manifest.json"]:
+    for file in [*BINARY_FILES, MANIFEST_FILE]:
         shutil.copy(artifact / file, outside / file)  # valid files outside: a loader must not follow links to them
     (outside / "sentinel.bin").write_bytes(b"\0" * 64)
     watch = ReadWatch([outside])

@@ -73,10 +73,12 @@ def build(args, out: Path) -> dict:
 
     import optgraph
     from optgraph import optim
+    from optgraph.artifact.names import target_names
 
     ids = torch.randint(0, args.vocab, (2, 16))
     seq = {0: "batch", 1: "seq"}
-    shapes = {"input_ids": seq, "target": seq}
+    (target,) = target_names(1)
+    shapes = {"input_ids": seq, target: seq}
     lora = with_lora(llama(args))
     adapters = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     optgraph.compile(lora, (ids,), (ids,), loss, optimizer=optim.AdamW(), dynamic_shapes=shapes).save(out / "lora")

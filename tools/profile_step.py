@@ -19,12 +19,13 @@ import numpy as np
 import onnxruntime as ort
 
 import optgraph
+from optgraph.artifact.names import GraphName, Role
 
 
 def random_batch(session: optgraph.TrainingSession, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
     arrays = []
-    for spec in session.manifest.graphs["train_step"].inputs:
-        if spec.role not in ("input", "target"):
+    for spec in session.manifest.graphs[GraphName.TRAIN_STEP].inputs:
+        if spec.role not in (Role.INPUT, Role.TARGET):
             continue
         shape = [batch if isinstance(d, str) else d for d in spec.shape]
         if spec.dtype.startswith("int"):
@@ -63,7 +64,7 @@ def profile(args: argparse.Namespace, folder: Path) -> list[dict]:
     for _ in range(args.steps):
         session.step(*batch)
     paths = session.end_profiling()
-    with open(paths["train_step"]) as f:
+    with open(paths[GraphName.TRAIN_STEP]) as f:
         return json.load(f)
 
 

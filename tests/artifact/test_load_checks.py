@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from catalog import OPTIMIZERS, SCHEDULES, construct
 from models import make_batch, make_model
 from torch import nn
 
@@ -16,13 +17,18 @@ from optgraph.artifact import Artifact
 from optgraph.capture import capture
 from optgraph.errors import ArtifactError
 
-OPTIMIZERS = [name for name in optim.__all__ if name not in ("Optimizer", "ParamGroup")]
-SCHEDULES = {
-    "plateau": lambda: lr_scheduler.ReduceLROnPlateau(),
-    "onecycle": lambda: lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=10),
-    "sequential": lambda: lr_scheduler.SequentialLR(
+# The schedules of lr_scheduler.__all__ whose constructors need arguments; the others are built from defaults.
+SCHEDULE_ARGS = {
+    "ChainedScheduler": lambda: lr_scheduler.ChainedScheduler([lr_scheduler.LinearLR(), lr_scheduler.StepLR(2)]),
+    "CosineAnnealingLR": lambda: lr_scheduler.CosineAnnealingLR(T_max=5),
+    "CosineAnnealingWarmRestarts": lambda: lr_scheduler.CosineAnnealingWarmRestarts(T_0=3),
+    "ExponentialLR": lambda: lr_scheduler.ExponentialLR(gamma=0.9),
+    "MultiStepLR": lambda: lr_scheduler.MultiStepLR(milestones=[1, 3]),
+    "OneCycleLR": lambda: lr_scheduler.OneCycleLR(max_lr=0.1, total_steps=10),
+    "SequentialLR": lambda: lr_scheduler.SequentialLR(
         [lr_scheduler.LinearLR(), lr_scheduler.ExponentialLR(gamma=0.9)], milestones=[3]
     ),
+    "StepLR": lambda: lr_scheduler.StepLR(step_size=2),
 }
 
 
@@ -41,9 +47,10 @@ def test_every_optimizer_artifact_passes_the_load_checks(captured, tmp_path, nam
     assert loaded.manifest.to_json() != "" and loaded.state.keys() == artifact.state.keys()
 
 
-@pytest.mark.parametrize("name", list(SCHEDULES))
-def test_every_kind_of_schedule_artifact_passes_the_load_checks(captured, tmp_path, name):
-    artifact = build_artifact(captured, optim.SGD(lr=0.1, momentum=0.9), SCHEDULES[name]())
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_every_schedule_artifact_passes_the_load_checks(captured, tmp_path, name):
+    schedule = construct(lr_scheduler, name, SCHEDULE_ARGS, "SCHEDULE_ARGS")
+    artifact = build_artifact(captured, optim.SGD(lr=0.1, momentum=0.9), schedule)
     optgraph.TrainingSession(artifact.save(tmp_path / name), providers=["CPUExecutionProvider"])
 
 

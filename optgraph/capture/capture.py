@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +18,7 @@ from optgraph.artifact.dims import SymbolBounds
 from optgraph.artifact.index_range import IndexRange
 from optgraph.artifact.names import LOSS, grad_name, next_name, output_names, target_names
 from optgraph.capture.diagnostics import ModuleTracker
+from optgraph.capture.graph_io import drop_unchanged_buffers, name_io, set_shapes
 from optgraph.capture.patches import traceable_modules
 from optgraph.capture.symbols import BATCH_DIM, name_outputs, name_symbols, requested_dims
 from optgraph.capture.trace import trace_to_onnx
@@ -83,32 +84,6 @@ def data_input_names(model: torch.nn.Module, count: int) -> list[str]:
     return names[:count]
 
 
-def _name_io(model: ir.Model, input_names: Sequence[str], output_names: Sequence[str], what: str) -> None:
-    """Give the exported graph's inputs and outputs their public names."""
-    graph = model.graph
-    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
-        raise CaptureError(
-            f"the exported {what} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs, "
-            f"expected {len(input_names)} and {len(output_names)}"
-        )
-    public = set(input_names) | set(output_names)
-    for node in graph:
-        for value in node.outputs:
-            if value.name in public and not value.is_graph_output():
-                value.name = f"{value.name}__internal"
-    for value, name in zip(graph.inputs, input_names):
-        value.name = name
-    seen: set[int] = set()
-    for i, (value, name) in enumerate(zip(list(graph.outputs), output_names)):
-        if value.is_graph_input() or id(value) in seen:
-            node = ir.node("Identity", [value], name=f"output/{name}")
-            graph.append(node)
-            node.outputs[0].dtype, node.outputs[0].shape = value.dtype, value.shape
-            graph.outputs[i] = value = node.outputs[0]
-        seen.add(id(value))
-        value.name = name
-
-
 def _aliases(model: torch.nn.Module) -> dict[str, str]:
     """Every extra name of a parameter or buffer registered under several names (tied weights)."""
     aliases = {}
@@ -119,32 +94,6 @@ def _aliases(model: torch.nn.Module) -> dict[str, str]:
             if canonical != name:
                 aliases[name] = canonical
     return aliases
-
-
-def _passes_through(value: ir.Value) -> ir.Value:
-    while value.producer() is not None and value.producer().op_type == "Identity":
-        value = value.producer().inputs[0]
-    return value
-
-
-def _drop_unchanged_buffers(model: ir.Model, buffer_names: Sequence[str]) -> list[str]:
-    """Remove ``<buffer>.next`` outputs that only pass the buffer through; returns the updated buffers."""
-    graph = model.graph
-    inputs = {v.name: v for v in graph.inputs}
-    updated = []
-    for name in buffer_names:
-        index = next(i for i, v in enumerate(graph.outputs) if v.name == next_name(name))
-        if _passes_through(graph.outputs[index]) is inputs[name]:
-            graph.outputs.pop(index)
-        else:
-            updated.append(name)
-    return updated
-
-
-def _set_shapes(values: Sequence[ir.Value], shapes: Sequence[list[int | str] | None]) -> None:
-    for value, shape in zip(values, shapes):
-        if shape is not None:
-            value.shape = ir.Shape(shape)
 
 
 def _warn_fixed_by_example(requested, shapes, names, example_sizes) -> None:
@@ -307,12 +256,12 @@ def _trace_train_step(
     named = name_symbols(traced.shapes, names, example.requested, traced.ranges, traced.why_fixed, example.user_bounds)
     _warn_fixed_by_example(example.requested, named.shapes, names, example_sizes=[*example.inputs, *example.targets])
     train = traced.model
-    _name_io(
+    name_io(
         train, [*names, *state.names],
         [LOSS, *map(grad_name, state.trainable), *map(next_name, state.buffers)], "train step",
     )  # fmt: skip
-    updated = _drop_unchanged_buffers(train, state.buffers)
-    _set_shapes(train.graph.inputs, named.shapes)  # its outputs (loss, gradients, buffers) have fixed shapes
+    updated = drop_unchanged_buffers(train, state.buffers)
+    set_shapes(train.graph.inputs, named.shapes)  # its outputs (loss, gradients, buffers) have fixed shapes
     return _TrainStep(
         model=train,
         shapes=dict(zip(names, named.shapes)),
@@ -343,13 +292,13 @@ def _trace_eval_forward(
     traced = trace_to_onnx(eval_forward, [*example.inputs, *state.values], eval_dynamic, "eval forward", tracker)
     evaluation = traced.model
     outputs = output_names(n_outputs[0])
-    _name_io(evaluation, [*data_names, *state.names], outputs, "eval forward")
+    name_io(evaluation, [*data_names, *state.names], outputs, "eval forward")
     eval_shapes = [
         [d if isinstance(d, int) else shapes[name][k] for k, d in enumerate(shape)]
         for name, shape in zip(data_names, traced.shapes)
     ]
-    _set_shapes(evaluation.graph.inputs, eval_shapes)
-    _set_shapes(evaluation.graph.outputs, name_outputs(traced.shapes, eval_shapes, traced.output_shapes, outputs))
+    set_shapes(evaluation.graph.inputs, eval_shapes)
+    set_shapes(evaluation.graph.outputs, name_outputs(traced.shapes, eval_shapes, traced.output_shapes, outputs))
     return _EvalForward(
         model=evaluation,
         output_names=outputs,

@@ -1,7 +1,7 @@
 """The CUDA execution provider path: runs only where onnxruntime-gpu finds a GPU, skips cleanly elsewhere.
 
 The checks live in ``tools/cuda_check.py``, which also runs them without pytest
-or torch on a GPU machine (``python tools/cuda_check.py run DIR``).
+or torch on a GPU machine (``python -m tools.cuda_check run DIR``).
 """
 
 from __future__ import annotations

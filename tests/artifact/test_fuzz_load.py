@@ -2,7 +2,7 @@
 
 The run is ``tools/fuzz_artifacts.py`` in a child process, so that a crash of
 the process (onnxruntime parsing a broken graph) is caught too and named by
-the last case it started. A larger run: ``python tools/fuzz_artifacts.py
+the last case it started. A larger run: ``python -m tools.fuzz_artifacts
 --cases 50000 --seed 7``.
 """
 

@@ -6,6 +6,7 @@ from optgraph.optim.optimizers import (
     ASGD,
     SGD,
     Adadelta,
+    Adafactor,
     Adagrad,
     Adam,
     Adamax,
@@ -19,6 +20,6 @@ from optgraph.optim.optimizers import (
 )
 
 __all__ = [
-    "ASGD", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer", "ParamGroup",
-    "RAdam", "RMSprop", "Rprop",
+    "ASGD", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer",
+    "ParamGroup", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip

@@ -514,3 +514,43 @@ class ASGD(Optimizer):
         chain = _gradient_rules(o)
         chain.append(R.AveragedSgdUpdate(o["lambd"], o["alpha"], o["t0"], float(o["lr"])))
         return chain
+
+
+class Adafactor(Optimizer):
+    """torch.optim.Adafactor (without ``foreach``): factored second moments, a relative and clipped step.
+
+    ``eps[0]`` None means the parameter dtype's machine epsilon, as in torch.
+    """
+
+    checks = {
+        "lr": check(lambda v: 0.0 <= v, "Learning rate should be >= 0 but is: {}"),
+        "beta2_decay": check(lambda v: 0.0 >= v, "beta2_decay should be <= 0 but is: {}"),
+        "eps": each(
+            check(lambda v: v is None or 0.0 <= v, "epsilon1 should be >= 0 but is: {}"),
+            check(lambda v: 0.0 <= v, "epsilon2 should be >= 0 but is: {}"),
+        ),
+        "d": check(lambda v: 1.0 <= v, "Clipping threshold d should be >= 1 but is: {}"),
+        "weight_decay": check(lambda v: 0.0 <= v, "weight_decay should be >= 0 but is: {}"),
+    }
+
+    def __init__(
+        self,
+        lr: float = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d, weight_decay=weight_decay, maximize=maximize
+        )
+        super().__init__(defaults, param_groups)
+
+    def rules(self, o):
+        chain: list[R.UpdateRule] = [R.Maximize()] if o["maximize"] else []
+        eps1, eps2 = o["eps"]
+        chain.append(R.AdafactorUpdate(o["beta2_decay"], eps1, eps2, o["d"], o["weight_decay"]))
+        return chain

@@ -89,6 +89,40 @@ def lerp(ctx: UpdateContext, avg: ir.Value, x: ir.Value, weight: ir.Value) -> ir
     return b.op("Add", avg, b.op("Mul", b.op("Sub", x, avg), weight))
 
 
+def two_sided_lerp(ctx: UpdateContext, start: ir.Value, end: ir.Value, weight: ir.Value) -> ir.Value:
+    """torch's ``start.lerp_(end, weight)`` for any weight in the parameter's dtype.
+
+    torch computes ``start + weight * (end - start)`` when ``|weight| < 0.5`` but
+    ``end - (end - start) * (1 - weight)`` otherwise, which rounds differently: a
+    weight that crosses 0.5 (Adafactor's ``step ** beta2_decay``) needs both.
+    """
+    b = ctx.builder
+    diff = b.op("Sub", end, start)
+    small = b.op("Add", start, b.op("Mul", weight, diff))
+    large = b.op("Sub", end, b.op("Mul", diff, b.op("Sub", ctx.const(1.0), weight)))
+    return b.op("Where", b.op("Less", b.op("Abs", weight), ctx.const(0.5)), small, large)
+
+
+def l2_norm(ctx: UpdateContext, x: ir.Value) -> ir.Value:
+    """torch's ``x.norm(2).item()``: the norm of the whole tensor in its dtype, as a float64 scalar."""
+    b = ctx.builder
+    return b.cast(b.op("Sqrt", b.op("ReduceSum", b.op("Mul", x, x), keepdims=0)), ctx.step.dtype)
+
+
+def _axes(ctx: UpdateContext, *axes: int) -> ir.Value:
+    """The int64 ``axes`` input of a reduction."""
+    from optgraph.graph.builder import INT64  # onnx-ir is needed to compile, not to train
+
+    return ctx.builder.const(list(axes), INT64)
+
+
+def mean_square(ctx: UpdateContext, x: ir.Value, axis: int, size: int) -> ir.Value:
+    """torch's ``torch.norm(x, dim=axis, keepdim=True).square_().div_(size)``."""
+    b = ctx.builder
+    norm = b.op("Sqrt", b.op("ReduceSum", b.op("Mul", x, x), _axes(ctx, axis), keepdims=1))
+    return b.op("Div", b.op("Mul", norm, norm), ctx.const(size))
+
+
 def decayed_square_average(ctx: UpdateContext, avg: ir.Value, x: ir.Value, decay: float) -> ir.Value:
     """``avg * decay + ((1 - decay) * x) * x``: torch's ``avg.mul_(decay).addcmul_(x, x, value=1 - decay)``."""
     b = ctx.builder
@@ -498,6 +532,69 @@ class AveragedSgdUpdate(UpdateRule):
         averaged = b.op("Add", ax, b.op("Mul", b.op("Sub", new_param, ax), mu))
         # torch copies the parameter while mu == 1 (before t0), and averages after
         return {"ax": b.op("Where", b.op("Equal", state["mu"], b.const(1.0, state["mu"].dtype)), new_param, averaged)}
+
+
+@dataclass(frozen=True)
+class AdafactorUpdate(UpdateRule):
+    """Adafactor as torch.optim.Adafactor: a factored second moment and a relative, clipped step.
+
+    A parameter with two or more dimensions keeps the mean square of the
+    gradient over its last dimension (``row_var``) and over its second to last
+    (``col_var``); their outer product over ``row_var``'s mean estimates the
+    second moment. A vector keeps it whole (``variance``). The step is
+    ``max(eps2, rms(param)) * min(lr, 1 / sqrt(step))``, with ``rms(param)``
+    measured before weight decay, divided by ``max(1, rms(update) / d)``; the
+    decay ``param * lr * weight_decay`` is decoupled (torch's
+    ``param.mul_(1 - lr * weight_decay)``, to float32 rounding). Scalars follow
+    torch's Python floats in float64; the step size replaces the learning
+    rate, so the chain ends here.
+    """
+
+    beta2_decay: float
+    eps1: float | None
+    eps2: float
+    d: float
+    weight_decay: float
+
+    def slots(self, param):
+        shape = param.shape
+        if len(shape) > 1:
+            return {
+                "row_var": Slot(0.0, shape=(*shape[:-1], 1)),
+                "col_var": Slot(0.0, shape=(*shape[:-2], 1, shape[-1])),
+            }
+        return {"variance": 0.0}
+
+    def emit(self, ctx, u, state):
+        b = ctx.builder
+        shape = tuple(ctx.param.shape.numpy())
+        numel = int(np.prod(shape))
+        eps1 = float(np.finfo(ctx.param.dtype.numpy()).eps) if self.eps1 is None else self.eps1
+        step = ctx.step
+        # torch's one_minus_beta2_t, rho_t and alpha, Python floats there
+        weight = ctx.to_param_dtype(b.op("Pow", step, ctx.double(self.beta2_decay)))
+        rho = b.op("Min", ctx.lr, b.op("Div", ctx.double(1.0), b.op("Pow", step, ctx.double(0.5))))
+        param_rms = b.op("Div", l2_norm(ctx, ctx.param), ctx.double(numel**0.5))
+        alpha = b.op("Mul", b.op("Max", ctx.double(self.eps2), param_rms), rho)
+        if "row_var" in state:
+            row_var = two_sided_lerp(ctx, state["row_var"], mean_square(ctx, u, -1, shape[-1]), weight)
+            col_var = two_sided_lerp(ctx, state["col_var"], mean_square(ctx, u, -2, shape[-2]), weight)
+            new_state = {"row_var": row_var, "col_var": col_var}
+            # row_var @ col_var (an outer product: one term each), over row_var's mean clamped at eps1
+            row_mean = b.op("Div", b.op("ReduceSum", row_var, _axes(ctx, -2), keepdims=1), ctx.const(shape[-2]))
+            estimate = b.op("Div", b.op("Mul", row_var, col_var), b.op("Max", row_mean, ctx.const(eps1)))
+        else:
+            estimate = two_sided_lerp(ctx, state["variance"], b.op("Mul", u, u), weight)
+            new_state = {"variance": estimate}
+        # torch's rsqrt is 1 / sqrt; eps1 ** 2 is a Python float there
+        update = b.op("Mul", b.op("Reciprocal", b.op("Sqrt", b.op("Max", estimate, ctx.const(eps1 * eps1)))), u)
+        update_rms = b.op("Div", l2_norm(ctx, update), ctx.double((numel**0.5) * self.d))
+        step_size = b.op("Div", b.op("Neg", alpha), b.op("Max", ctx.double(1.0), update_rms))
+        update = b.op("Mul", update, ctx.to_param_dtype(step_size))
+        if self.weight_decay != 0:
+            decay = ctx.to_param_dtype(b.op("Mul", ctx.lr, ctx.double(self.weight_decay)))
+            update = b.op("Sub", update, b.op("Mul", ctx.param, decay))
+        return update, new_state
 
 
 @dataclass(frozen=True)

@@ -57,27 +57,51 @@ CASES = [
     ("asgd", "ASGD", dict(lr=0.05)),
     ("asgd-averaging-decay", "ASGD", dict(lr=0.05, lambd=1e-3, alpha=0.5, t0=10, weight_decay=0.1)),
     ("asgd-maximize", "ASGD", dict(lr=0.01, t0=5, maximize=True)),
+    ("adafactor", "Adafactor", dict()),
+    ("adafactor-decay-maximize", "Adafactor", dict(lr=0.05, weight_decay=0.1, maximize=True)),
+    ("adafactor-beta2-eps-d", "Adafactor", dict(beta2_decay=-0.5, eps=(1e-6, 1e-2), d=1.5)),
+    ("adafactor-group", "Adafactor", dict(lr=0.02, param_groups=[{"params": ["*.bias"], "lr": 0.05, "d": 2.0}])),
 ]
 MODELS = [("mlp", "ce"), ("mlp", "mse"), ("cnn", "ce")]
 
 
+def _torch_groups(optimizer, reference):
+    """torch's parameter groups for ``optimizer``'s, and the parameter names in torch's state order."""
+    named = {n: p for n, p in reference.named_parameters() if p.requires_grad}
+    groups = optimizer.resolve(list(named))
+    torch_groups = [{**group.options, "params": [named[n] for n in group.params]} for group in groups]
+    return torch_groups, [n for group in groups for n in group.params]
+
+
+def _torch_lr(torch_opt):
+    """torch's learning rate as ``session.lr`` reports it: one number, or one per group."""
+    lrs = [group["lr"] for group in torch_opt.param_groups]
+    return lrs[0] if len(lrs) == 1 else lrs
+
+
 def run_parity(kind, loss, name, kwargs, steps=STEPS, schedule=None, scheduler_every=5, batch=8):
+    """Train ``optim.<name>(**kwargs)`` beside ``torch.optim.<name>``; ``param_groups`` become torch's groups."""
     model = make_model(kind)
     reference = clone(model)
     gen = torch.Generator().manual_seed(1)
     example = make_batch(kind, batch, gen, loss)
+    optimizer = getattr(optim, name)(**kwargs)
     artifact = optgraph.compile(
         model, (example[0],), (example[1],), loss_fn(loss),
-        optimizer=getattr(optim, name)(**kwargs),
+        optimizer=optimizer,
         lr_scheduler=None if schedule is None else getattr(lr_scheduler, schedule[0])(**schedule[1]),
     )  # fmt: skip
     session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
-    params = [p for p in reference.parameters() if p.requires_grad]
+    if "param_groups" in kwargs:
+        params, names = _torch_groups(optimizer, reference)
+        kwargs = {k: v for k, v in kwargs.items() if k != "param_groups"}
+    else:
+        params = [p for p in reference.parameters() if p.requires_grad]
+        names = [n for n, p in reference.named_parameters() if p.requires_grad]
     torch_opt = getattr(torch.optim, name)(params, **kwargs)
     torch_sched = None if schedule is None else getattr(torch.optim.lr_scheduler, schedule[0])(torch_opt, **schedule[1])
     criterion = loss_fn(loss)
-    names = [n for n, p in reference.named_parameters() if p.requires_grad]
-    assert_close(session.lr, torch_opt.param_groups[0]["lr"], "lr after construction", rtol=1e-12, atol=0)
+    assert_close(session.lr, _torch_lr(torch_opt), "lr after construction", rtol=1e-12, atol=0)
     for step in range(steps):
         x, y = make_batch(kind, batch, gen, loss)
         ours = session.step(x, y)
@@ -100,7 +124,7 @@ def run_parity(kind, loss, name, kwargs, steps=STEPS, schedule=None, scheduler_e
         if torch_sched is not None and (step + 1) % scheduler_every == 0:
             session.scheduler_step()
             torch_sched.step()
-            assert_close(session.lr, torch_opt.param_groups[0]["lr"], f"lr after step {step}", rtol=1e-12, atol=0)
+            assert_close(session.lr, _torch_lr(torch_opt), f"lr after step {step}", rtol=1e-12, atol=0)
     return session
 
 

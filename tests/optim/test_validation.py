@@ -40,6 +40,14 @@ BAD = [
     ("Rprop", dict(etas=(1.5, 2.0))),
     ("Rprop", dict(lr=-0.5)),
     ("ASGD", dict(weight_decay=-1.0)),
+    ("ASGD", dict(lr=-1.0)),
+    ("Adafactor", dict(lr=-0.1)),
+    ("Adafactor", dict(beta2_decay=0.5)),
+    ("Adafactor", dict(eps=(-1e-30, 1e-3))),
+    ("Adafactor", dict(eps=(None, -1e-3))),
+    ("Adafactor", dict(d=0.5)),
+    ("Adafactor", dict(weight_decay=-0.1)),
+    ("Adafactor", dict(lr=-0.1, d=0.5)),
 ]
 
 
@@ -70,7 +78,20 @@ def test_param_group_that_matches_nothing_is_an_error():
 def test_defaults_are_torchs():
     import inspect
 
-    for name in ("SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adamax", "Adadelta", "NAdam", "RAdam", "Rprop", "ASGD"):
+    for name in (
+        "SGD",
+        "Adam",
+        "AdamW",
+        "Adagrad",
+        "RMSprop",
+        "Adamax",
+        "Adadelta",
+        "NAdam",
+        "RAdam",
+        "Rprop",
+        "ASGD",
+        "Adafactor",
+    ):
         ours = inspect.signature(getattr(optim, name)).parameters
         theirs = inspect.signature(getattr(torch.optim, name)).parameters
         for arg, param in ours.items():

@@ -1,4 +1,7 @@
-"""Optimizers with torch.optim's names, arguments and defaults (minus ``params``)."""
+"""Optimizers with torch.optim's names, arguments and defaults (minus ``params``).
+
+Lion, which torch lacks, takes its paper's arguments and defaults.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from optgraph.optim.optimizers import (
     Adam,
     Adamax,
     AdamW,
+    Lion,
     NAdam,
     Optimizer,
     ParamGroup,
@@ -20,6 +24,6 @@ from optgraph.optim.optimizers import (
 )
 
 __all__ = [
-    "ASGD", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "Optimizer",
+    "ASGD", "SGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "Optimizer",
     "ParamGroup", "RAdam", "RMSprop", "Rprop",
 ]  # fmt: skip

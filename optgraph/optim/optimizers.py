@@ -516,6 +516,33 @@ class ASGD(Optimizer):
         return chain
 
 
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2).
+
+    ``c = beta1 * m + (1 - beta1) * g``; ``param -= lr * (sign(c) + weight_decay * param)``;
+    ``m = beta2 * m + (1 - beta2) * g``. torch has no Lion: the defaults are the paper's,
+    the checks Adam's, and the state one ``exp_avg`` per parameter (no ``step``).
+    """
+
+    has_step_slot = False
+    checks = {"lr": LEARNING_RATE, "betas": BETAS, "weight_decay": WEIGHT_DECAY}
+
+    def __init__(
+        self,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        param_groups: Sequence[dict] | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize)
+        super().__init__(defaults, param_groups)
+
+    def rules(self, o):
+        return _adam_family({**o, "decoupled_weight_decay": True}, R.ScaleByLion(o["betas"][0], o["betas"][1]))
+
+
 class Adafactor(Optimizer):
     """torch.optim.Adafactor (without ``foreach``): factored second moments, a relative and clipped step.
 

@@ -535,6 +535,30 @@ class AveragedSgdUpdate(UpdateRule):
 
 
 @dataclass(frozen=True)
+class ScaleByLion(UpdateRule):
+    """Lion (Chen et al. 2023, Algorithm 2): ``sign(beta1 * m + (1 - beta1) * u)``, then ``m`` moves with ``beta2``.
+
+    The direction interpolates the momentum with ``beta1``; the momentum itself
+    is updated with ``beta2`` (``exp_avg = beta2 * exp_avg + (1 - beta2) * u``).
+    """
+
+    beta1: float
+    beta2: float
+
+    def slots(self, param):
+        return {"exp_avg": 0.0}
+
+    def emit(self, ctx, u, state):
+        b = ctx.builder
+        m = state["exp_avg"]
+        interpolated = b.op(
+            "Add", b.op("Mul", m, ctx.cycled_const(self.beta1)), b.op("Mul", u, ctx.one_minus_cycled_const(self.beta1))
+        )
+        new_m = b.op("Add", b.op("Mul", m, ctx.const(self.beta2)), b.op("Mul", u, ctx.const(1.0 - self.beta2)))
+        return b.op("Sign", interpolated), {"exp_avg": new_m}
+
+
+@dataclass(frozen=True)
 class AdafactorUpdate(UpdateRule):
     """Adafactor as torch.optim.Adafactor: a factored second moment and a relative, clipped step.
 

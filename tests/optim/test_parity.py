@@ -1,9 +1,16 @@
-"""Step-for-step parity with torch.optim: losses, parameters, buffers and optimizer state."""
+"""Step-for-step parity with torch.optim: losses, parameters, buffers and optimizer state.
+
+Every optimizer in ``optgraph.optim.__all__`` has cases here: against ``torch.optim.<name>``
+(CASES), or, for an optimizer torch lacks, against a NumPy twin of its published algorithm
+(TWINS, TWIN_CASES) fed torch's gradients step for step.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from catalog import OPTIMIZERS
 from models import assert_close, assert_state_matches, clone, loss_fn, make_batch, make_model
 from torch import nn
 
@@ -133,6 +140,91 @@ def run_parity(kind, loss, name, kwargs, steps=STEPS, schedule=None, scheduler_e
 def test_optimizer_matches_torch(case, kind, loss):
     _, name, kwargs = case
     run_parity(kind, loss, name, kwargs)
+
+
+class LionTwin:
+    """Lion, Algorithm 2 of Chen et al. 2023 (decoupled weight decay), in float32 NumPy.
+
+    ``c = beta1 * m + (1 - beta1) * g``; ``param -= lr * (sign(c) + weight_decay * param)``;
+    ``m = beta2 * m + (1 - beta2) * g``.
+    """
+
+    def __init__(self):
+        self.state = {}
+
+    def step(self, name, param, grad, o):
+        f = np.float32
+        beta1, beta2 = o["betas"]
+        if o["maximize"]:
+            grad = -grad
+        m = self.state.get(name, {}).get("exp_avg", np.zeros_like(param))
+        c = m * f(beta1) + grad * f(1 - beta1)
+        update = np.sign(c)
+        if o["weight_decay"] != 0:
+            update = update + param * f(o["weight_decay"])
+        self.state[name] = {"exp_avg": m * f(beta2) + grad * f(1 - beta2)}
+        return param + update * f(-o["lr"])
+
+
+#: optimizers torch lacks -> their NumPy twin
+TWINS = {"Lion": LionTwin}
+
+TWIN_CASES = [
+    ("lion", "Lion", dict()),
+    ("lion-lr-betas", "Lion", dict(lr=3e-4, betas=(0.8, 0.95))),
+    ("lion-decay-maximize", "Lion", dict(lr=2e-4, weight_decay=0.5, maximize=True)),
+    ("lion-group", "Lion", dict(param_groups=[{"params": ["*.bias"], "lr": 5e-4, "betas": (0.95, 0.98)}])),
+]
+TWIN_STEPS = 30
+
+
+def run_twin_parity(kind, loss, name, kwargs, steps=TWIN_STEPS, batch=8):
+    """Train ``optim.<name>(**kwargs)`` beside a torch model updated by ``TWINS[name]`` from torch's gradients."""
+    model = make_model(kind)
+    reference = clone(model)
+    gen = torch.Generator().manual_seed(1)
+    example = make_batch(kind, batch, gen, loss)
+    optimizer = getattr(optim, name)(**kwargs)
+    artifact = optgraph.compile(model, (example[0],), (example[1],), loss_fn(loss), optimizer=optimizer)
+    session = optgraph.TrainingSession(artifact, providers=["CPUExecutionProvider"])
+    named = {n: p for n, p in reference.named_parameters() if p.requires_grad}
+    options = {n: group.options for group in optimizer.resolve(list(named)) for n in group.params}
+    twin, criterion = TWINS[name](), loss_fn(loss)
+    for step in range(steps):
+        x, y = make_batch(kind, batch, gen, loss)
+        ours = session.step(x, y)
+        reference.zero_grad()
+        theirs = criterion(reference(x), y)
+        theirs.backward()
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(torch.from_numpy(twin.step(n, p.numpy().copy(), p.grad.numpy().copy(), options[n])))
+        assert_close(ours, theirs, f"loss at step {step}")
+        assert_state_matches(session, reference, f"after step {step}")
+        ours_opt = session.optimizer_state_dict()
+        assert set(ours_opt) == set(twin.state), "parameters with optimizer state"
+        for n, slots in twin.state.items():
+            assert set(ours_opt[n]) == set(slots), f"slots of {n}"
+            for slot, value in slots.items():
+                assert_close(ours_opt[n][slot], value, f"{slot} of {n} after step {step}")
+
+
+@pytest.mark.parametrize("kind,loss", MODELS, ids=[f"{kind}-{loss}" for kind, loss in MODELS])
+@pytest.mark.parametrize("case", TWIN_CASES, ids=[c[0] for c in TWIN_CASES])
+def test_optimizer_matches_its_twin(case, kind, loss):
+    _, name, kwargs = case
+    run_twin_parity(kind, loss, name, kwargs)
+
+
+def test_every_optimizer_has_a_parity_case():
+    """A new optimizer in ``optim.__all__`` needs a case against torch.optim or a twin."""
+    optimizers = set(OPTIMIZERS)
+    against_torch = {name for _, name, _ in CASES}
+    against_twin = {name for _, name, _ in TWIN_CASES}
+    assert optimizers - against_torch - against_twin == set(), "optimizers without a parity case"
+    assert against_twin <= set(TWINS), "twin cases without a twin"
+    assert not {n for n in against_torch if not hasattr(torch.optim, n)}, "torch.optim lacks these: give them a twin"
+    assert not set(TWINS) & against_torch, "an optimizer torch has is checked against torch, not a twin"
 
 
 @pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))])

@@ -19,6 +19,7 @@ from optgraph.artifact.names import (
     DYNAMIC_BATCH_KEY,
     GRAD_ACCUMULATION_STEPS_KEY,
     GRAPH_FILES,
+    IN_PLACE_KEY,
     INDEX_RANGE_KEY,
     LR_SCHEDULER_KEY,
     OPTIMIZER_KEY,
@@ -127,7 +128,7 @@ def build_artifact(
     graphs = {}
     for name, model in rewritten.graphs.items():
         meta = rewritten.meta | {n: {INDEX_RANGE_KEY: r.to_json()} for n, r in ranges.get(name, {}).items()}
-        graphs[name] = _graph_spec(GRAPH_FILES[name], model, rewritten.roles, meta)
+        graphs[name] = _graph_spec(GRAPH_FILES[name], model, rewritten.roles, meta, rewritten.in_place[name])
     state = dict(captured.state) | {n: np.asarray(t.init) for n, t in rewritten.new_state.items()}
     extra = {
         DATA_INPUTS_KEY: captured.data_names,
@@ -157,7 +158,7 @@ def _shape(value: ir.Value) -> list[int | str]:
     return [d if isinstance(d, int) else str(d.value) for d in value.shape]
 
 
-def _graph_spec(file: str, model: ir.Model, roles: dict, meta: dict) -> GraphSpec:
+def _graph_spec(file: str, model: ir.Model, roles: dict, meta: dict, in_place: frozenset[str]) -> GraphSpec:
     inputs = {
         v.name: TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v), meta=meta.get(v.name, {}))
         for v in model.graph.inputs
@@ -166,7 +167,8 @@ def _graph_spec(file: str, model: ir.Model, roles: dict, meta: dict) -> GraphSpe
     for v in model.graph.outputs:
         fed = inputs.get(state_of_next(v.name))
         if fed is not None:
-            outputs.append(TensorSpec(v.name, fed.role, fed.dtype, list(fed.shape), feeds=fed.name))
+            flags = {IN_PLACE_KEY: True} if v.name in in_place else {}
+            outputs.append(TensorSpec(v.name, fed.role, fed.dtype, list(fed.shape), feeds=fed.name, meta=flags))
         else:
             outputs.append(TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v)))
     return GraphSpec(file, list(inputs.values()), outputs)

@@ -24,6 +24,7 @@ from optgraph.artifact import Artifact, GraphSpec, TensorSpec
 from optgraph.artifact.names import (
     ALIASES_KEY,
     GRAPH_NAMES,
+    IN_PLACE_KEY,
     OPTIMIZER_KEY,
     PARAM_KEY,
     SCHEDULE_LR,
@@ -158,12 +159,23 @@ class _GraphRunner:
         self.state_inputs = [t.name for t in spec.inputs if t.is_state]
         self.batch_inputs = [t for t in spec.inputs if not t.is_state]
         self.state_outputs = [(t.name, t.feeds) for t in spec.outputs if t.feeds is not None]
+        # outputs the compiler proved may overwrite their input (rewrite/in_place.py): no second buffer
+        self.in_place = {t.name for t in spec.outputs if t.feeds is not None and t.meta.get(IN_PLACE_KEY) is True}
         self.result_outputs = [t for t in spec.outputs if t.feeds is None]
         self.binding = self.session.io_binding()
         self.spares: dict[str, ort.OrtValue] = {}
 
+    @property
+    def _unchanged(self) -> str:
+        if not self.in_place:
+            return "the state is unchanged"
+        return (
+            "the state is unchanged unless the failure hit the update itself, which writes the state in place "
+            "(only an out-of-memory error can): if in doubt, reopen the last saved artifact"
+        )
+
     def prepare(self, store: _StateStore) -> None:
-        self.spares = {out: store.empty_like(fed) for out, fed in self.state_outputs}
+        self.spares = {out: store.empty_like(fed) for out, fed in self.state_outputs if out not in self.in_place}
 
     def run(self, store: _StateStore, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         io = self.binding
@@ -171,21 +183,21 @@ class _GraphRunner:
             io.bind_ortvalue_input(name, store.values[name])
         for name, array in batch.items():
             io.bind_cpu_input(name, array)
-        for out, _ in self.state_outputs:
-            io.bind_ortvalue_output(out, self.spares[out])
+        for out, fed in self.state_outputs:
+            io.bind_ortvalue_output(out, store.values[fed] if out in self.in_place else self.spares[out])
         for t in self.result_outputs:
             io.bind_output(t.name, "cpu")
         try:
             self.session.run_with_iobinding(io)
         except (*ORT_ERRORS, RuntimeError) as e:  # the binding raises a plain RuntimeError for a failed run
-            # nothing was swapped yet: the state is as it was before the call
-            raise RunError(
-                f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); the state is unchanged"
-            ) from None
+            # nothing was swapped yet, and in-place outputs are written by the update alone (in the train
+            # step, the non-finite guard's If, after every forward and backward node)
+            raise RunError(f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); {self._unchanged}") from None
         results = io.get_outputs()[len(self.state_outputs) :] if self.result_outputs else []
         arrays = [r.numpy() for r in results]
         for out, fed in self.state_outputs:
-            store.values[fed], self.spares[out] = self.spares[out], store.values[fed]
+            if out not in self.in_place:
+                store.values[fed], self.spares[out] = self.spares[out], store.values[fed]
         return arrays
 
 

@@ -18,6 +18,7 @@ from optgraph.artifact.dims import DimExpr, DimSyntaxError, SymbolBounds, parse_
 from optgraph.artifact.index_range import IndexRange
 from optgraph.artifact.names import (
     GRAPH_NAMES,
+    IN_PLACE_KEY,
     INDEX_RANGE_KEY,
     MANIFEST_FILE,
     NEXT_SUFFIX,
@@ -165,6 +166,12 @@ class GraphSpec:
                 raise ArtifactError(f"{MANIFEST_FILE}: graphs.{graph}.{key} names {duplicate!r} twice")
         inputs = {t.name: t for t in spec.inputs}
         for out in spec.outputs:
+            in_place = out.meta.get(IN_PLACE_KEY, False)
+            if in_place is not False and (in_place is not True or out.feeds is None):
+                raise ArtifactError(
+                    f"{MANIFEST_FILE}: graphs.{graph} output {out.name!r} has {IN_PLACE_KEY}={in_place!r}; "
+                    "expected true or false, and only on a state output"
+                )
             if out.feeds is None:
                 continue
             fed = inputs.get(out.feeds)

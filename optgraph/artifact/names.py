@@ -130,6 +130,7 @@ TRAINABLE_KEY = "trainable"  # on params: false for frozen ones
 PARAM_KEY = "param"  # on optimizer state and accumulators: the parameter
 SLOT_KEY = "slot"  # on optimizer state: torch's slot name
 INDEX_RANGE_KEY = "index_range"  # on integer inputs and targets: the values they may hold
+IN_PLACE_KEY = "in_place"  # on state outputs: a runtime may write the output into its state input's buffer
 
 # Top-level manifest keys besides format, version and graphs.
 DATA_INPUTS_KEY = "data_inputs"

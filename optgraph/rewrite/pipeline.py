@@ -20,6 +20,7 @@ from optgraph.optim.optimizers import Optimizer, ParamGroup
 from optgraph.rewrite.accumulate import accumulate_gradients, gate_on_update
 from optgraph.rewrite.attach_optimizer import attach_optimizer
 from optgraph.rewrite.clip import clip_gradients
+from optgraph.rewrite.in_place import in_place_outputs
 from optgraph.rewrite.scheduler_graph import build_scheduler_step
 from optgraph.rewrite.skip_non_finite import skip_non_finite
 from optgraph.rewrite.state import StateTensor
@@ -43,6 +44,7 @@ class TrainingGraphs:
         roles: the role of every input and output name of the three graphs.
         meta: extra manifest keys of tensors, by name (trainable, param, slot).
         groups: the resolved parameter groups, default group last.
+        in_place: per graph, the state outputs a runtime may write into their state input's buffer.
     """
 
     graphs: dict[GraphName, ir.Model]
@@ -50,6 +52,7 @@ class TrainingGraphs:
     roles: dict[str, Role]
     meta: dict[str, dict]
     groups: list[ParamGroup]
+    in_place: dict[GraphName, frozenset[str]]
 
 
 def rewrite_training(
@@ -84,7 +87,9 @@ def rewrite_training(
     }
     for model in graphs.values():
         declare_lowest_versions(model)
-    return TrainingGraphs(graphs, new_state, _roles(captured, schedule, new_state), _meta(captured, new_state), groups)
+    in_place = {name: frozenset(in_place_outputs(model)) for name, model in graphs.items()}
+    roles, meta = _roles(captured, schedule, new_state), _meta(captured, new_state)
+    return TrainingGraphs(graphs, new_state, roles, meta, groups, in_place)
 
 
 def _roles(captured: Captured, schedule: LRScheduler, new_state: dict[str, StateTensor]) -> dict[str, Role]:

@@ -49,6 +49,11 @@ def _result_dtype(op_type: str, inputs: Sequence[ir.Value | None], attributes: d
     return first.dtype if first is not None else None
 
 
+# 2pi as three doubles (Cody-Waite): the first two have short mantissas, so turns * part is exact
+# for every whole number of turns a schedule reaches, and their sum is 2pi to about 1e-33.
+_TWO_PI_PARTS = (6.283185303211212, 3.968374295837407e-09, 2.2884754904439327e-17)
+
+
 class GraphBuilder:
     """Appends nodes to ``graph``; every new value gets a unique readable name."""
 
@@ -122,7 +127,9 @@ class GraphBuilder:
         if x.dtype != DOUBLE:
             return self.op("Cos", x)
         turns = self.op("Floor", self.op("Add", self.op("Mul", x, self.double(0.5 / np.pi)), self.double(0.5)))
-        r = self.op("Sub", x, self.op("Mul", turns, self.double(2 * np.pi)))
+        r = x
+        for part in _TWO_PI_PARTS:  # x - turns * 2pi, exact where one rounded 2pi would lose |x| * 1e-16
+            r = self.op("Sub", r, self.op("Mul", turns, self.double(part)))
         z = self.op("Sub", self.op("Abs", r), self.double(np.pi / 2))
         z2 = self.op("Mul", z, z)
         series = self.double(1.0)  # Horner: sin(z) = z (1 - z2/(2*3) (1 - z2/(4*5) (1 - ...)))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
-from optgraph.artifact.names import LOSS, METRIC, TRAINABLE_KEY, UPDATE_APPLIED, GraphName, Role
+from optgraph.artifact.names import LOSS, METRIC, TRAINABLE_KEY, UPDATE_APPLIED, GraphName, Role, state_of_next
 from optgraph.lr_scheduler import LRScheduler
 from optgraph.optim.optimizers import Optimizer, ParamGroup
 from optgraph.rewrite.accumulate import accumulate_gradients, gate_on_update
@@ -86,10 +86,20 @@ def rewrite_training(
         GraphName.EVAL: ir.from_proto(ir.to_proto(captured.eval)),
     }
     for model in graphs.values():
+        _type_state_outputs(model)
         declare_lowest_versions(model)
     in_place = {name: frozenset(in_place_outputs(model)) for name, model in graphs.items()}
     roles, meta = _roles(captured, schedule, new_state), _meta(captured, new_state)
     return TrainingGraphs(graphs, new_state, roles, meta, groups, in_place)
+
+
+def _type_state_outputs(model: ir.Model) -> None:
+    """Give each state output its state's element type and shape (ONNX wants both on every graph output)."""
+    inputs = {v.name: v for v in model.graph.inputs}
+    for value in model.graph.outputs:
+        state = inputs.get(state_of_next(value.name))
+        if state is not None:
+            value.dtype, value.shape = state.dtype, ir.Shape(list(state.shape))
 
 
 def _roles(captured: Captured, schedule: LRScheduler, new_state: dict[str, StateTensor]) -> dict[str, Role]:

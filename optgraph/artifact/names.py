@@ -147,3 +147,12 @@ CLIP_GRAD_NORM_KEY = "clip_grad_norm"
 GRAD_ACCUMULATION_STEPS_KEY = "grad_accumulation_steps"
 PRODUCER_KEY = "producer"
 SHA256_KEY = "sha256"  # {file name: hex digest} of the graphs and the checkpoint
+
+# The keys by where they go: on a tensor entry of a graph's inputs or outputs, or at the manifest's top level.
+TENSOR_KEYS = frozenset({TRAINABLE_KEY, PARAM_KEY, SLOT_KEY, INDEX_RANGE_KEY, IN_PLACE_KEY})
+MANIFEST_KEYS = frozenset(
+    {
+        DATA_INPUTS_KEY, TARGETS_KEY, OUTPUTS_KEY, ALIASES_KEY, SYMBOLS_KEY, DYNAMIC_BATCH_KEY, OPTIMIZER_KEY,
+        LR_SCHEDULER_KEY, PARAM_GROUPS_KEY, CLIP_GRAD_NORM_KEY, GRAD_ACCUMULATION_STEPS_KEY, PRODUCER_KEY, SHA256_KEY,
+    }
+)  # fmt: skip

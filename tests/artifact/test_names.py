@@ -94,13 +94,14 @@ def public_strings() -> dict[str, str]:
     }
 
 
-TOP_LEVEL_KEYS = {
-    v
-    for k, v in public_strings().items()
-    if k.endswith("_KEY")
-    and k not in {"TRAINABLE_KEY", "PARAM_KEY", "SLOT_KEY", "INDEX_RANGE_KEY", "STATE_HAS_STEP_KEY"}
-}
-TENSOR_KEYS = {names.TRAINABLE_KEY, names.PARAM_KEY, names.SLOT_KEY, names.INDEX_RANGE_KEY}
+TOP_LEVEL_KEYS = set(names.MANIFEST_KEYS)
+TENSOR_KEYS = set(names.TENSOR_KEYS)
+
+
+def test_every_key_is_grouped():
+    keys = {v for k, v in public_strings().items() if k.endswith("_KEY")}
+    assert keys == TOP_LEVEL_KEYS | TENSOR_KEYS | {names.STATE_HAS_STEP_KEY}
+    assert not TOP_LEVEL_KEYS & TENSOR_KEYS
 
 
 def test_every_public_string_is_documented():

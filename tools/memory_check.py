@@ -42,11 +42,11 @@ def compile_mlp(batch_size: int):
 
     import optgraph
     from optgraph import lr_scheduler, optim
-    from tools.benchmark import mlp
+    from tools.benchmark import SAMPLE_SHAPES, mlp
 
     torch.manual_seed(0)
     model = mlp()
-    x, y = torch.randn(batch_size, 256), torch.randint(0, 10, (batch_size,))
+    x, y = torch.randn(batch_size, *SAMPLE_SHAPES["mlp"]), torch.randint(0, 10, (batch_size,))
     return optgraph.compile(
         model, (x,), (y,), nn.CrossEntropyLoss(),
         optimizer=optim.AdamW(lr=1e-3), lr_scheduler=lr_scheduler.CosineAnnealingLR(T_max=50),
@@ -56,11 +56,12 @@ def compile_mlp(batch_size: int):
 def measure(steps: int, batch_size: int, report=print) -> list[tuple[int, float]]:
     """Run ``steps`` training steps; returns ``(step, RSS MiB)`` readings, the first after the warm-up."""
     import optgraph
+    from tools.benchmark import SAMPLE_SHAPES
 
     session = optgraph.TrainingSession(compile_mlp(batch_size), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     batches = [
-        (rng.standard_normal((size, 256), dtype=np.float32), rng.integers(0, 10, size))
+        (rng.standard_normal((size, *SAMPLE_SHAPES["mlp"]), dtype=np.float32), rng.integers(0, 10, size))
         for size in (batch_size, batch_size, batch_size // 2 + 1)
     ]
     readings = []

@@ -14,6 +14,7 @@ import optgraph
 from optgraph import lr_scheduler, optim
 from optgraph.api import build_artifact
 from optgraph.artifact import Artifact
+from optgraph.artifact.names import IN_PLACE_KEY
 from optgraph.capture import capture
 from optgraph.errors import ArtifactError
 
@@ -74,7 +75,7 @@ MISMATCHES = {
         r"output 'optim.exp_avg.fc1.weight.next' feeds 'optim.exp_avg_sq.fc1.weight'; a state output is named",
     ),
     "state-output-without-feeds": (
-        lambda d: _train_output(d, "fc1.weight.next").pop("feeds"),
+        lambda d: [_train_output(d, "fc1.weight.next").pop(key, None) for key in ("feeds", IN_PLACE_KEY)],
         r"train_step output 'fc1.weight.next' has role 'param' but feeds no state",
     ),
     "slot-renamed": (

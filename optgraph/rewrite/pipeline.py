@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import onnx_ir as ir
+import onnx_ir.passes.common
 
 from optgraph.artifact.names import LOSS, METRIC, TRAINABLE_KEY, UPDATE_APPLIED, GraphName, Role, state_of_next
 from optgraph.lr_scheduler import LRScheduler
@@ -28,6 +29,8 @@ from optgraph.rewrite.versions import declare_lowest_versions
 
 if TYPE_CHECKING:  # the capture needs torch; this layer reads only its graphs and names
     from optgraph.capture import Captured
+
+_COMMON_SUBEXPRESSIONS = ir.passes.common.CommonSubexpressionEliminationPass()  # skips random ops
 
 # state a gradient-accumulation step leaves alone except on update calls (parameters too)
 _GATED_ROLES = (Role.OPTIM_STATE, Role.COUNTER)
@@ -75,8 +78,12 @@ def rewrite_training(
     if accumulation is not None:
         gated = set(captured.trainable) | {t.name for t in attached.new_state if t.role in _GATED_ROLES}
         gate_on_update(train, accumulation.is_update, gated)
+    # Each parameter's chain repeats the group's scalar arithmetic (bias corrections, step sizes, the lr):
+    # computed once, before the guard moves the update into its branch (the pass does not enter subgraphs).
+    _COMMON_SUBEXPRESSIONS(train)
     skip_non_finite(train, attached.gradients.values(), captured.updated_buffers)
     scheduler = build_scheduler_step(schedule, groups, train.opset_imports[""], train.ir_version)
+    _COMMON_SUBEXPRESSIONS(scheduler.model)
 
     added = attached.new_state + scheduler.new_state + (accumulation.new_state if accumulation is not None else [])
     new_state = {t.name: t for t in added}

@@ -1,7 +1,7 @@
 """Time whole training steps: optgraph on onnxruntime, eager torch, torch.compile and onnxruntime-training.
 
     python -m tools.benchmark [--threads 2] [--steps 200] [--rounds 5] [--models mlp cnn transformer large-mlp]
-                              [--optimizers adamw sgd] [--peer] [--json PATH]
+                              [--optimizers adamw sgd] [--peer] [--json PATH] [--keep DIR]
 
 Workloads (``--models``): ``mlp`` (784-256-256-10, batch 64), ``cnn`` (2 x conv, BatchNorm, ReLU,
 maxpool on 3x32x32, batch 32), ``transformer`` (a 2-layer causal LM: vocab 1000, d_model 128, 4 heads,
@@ -22,7 +22,9 @@ the same model, initial weights, batch and number of intra-op threads; the timed
 - ``ort-training`` (``--peer``): onnxruntime-training 1.19.2's on-device API, ``module(x, y);
   optimizer.step(); module.lazy_reset_grad()``, on artifacts made by its ``generate_artifacts`` from
   the same model exported to ONNX (its environment: ``python -m tools.old_runtime_venv --peer``). Its
-  SGD has no momentum, so it runs plain SGD, checked against eager plain SGD.
+  SGD has no momentum, so it runs plain SGD, checked against eager plain SGD; its AdamW is Hugging
+  Face's variant, which the parameter check flags; LayerNormalization needs outputs the exporter leaves
+  out (``generate_peer`` adds them and says so). A side that fails is reported as ``fails: <reason>``.
 
 Per side: the median and interquartile range of the per-step times over all rounds, the ratio of the
 median to eager torch's, the compile time (optgraph: ``compile`` + ``save``; ort-training: ONNX export

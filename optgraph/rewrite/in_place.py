@@ -42,15 +42,17 @@ def in_place_outputs(model: ir.Model) -> set[str]:
     """The names of the state outputs of ``model`` that may be written into their state input's buffer."""
     graph = model.graph
     inputs = {v.name: v for v in graph.inputs}
+    outputs = set(graph.outputs)
+    memo = _Memo()
     safe = set()
     for output in graph.outputs:
         state = inputs.get(state_of_next(output.name))
         if state is None or output.producer() is None:
             continue
         shared = _sharing_buffer(state)
-        if any(v in shared for v in graph.outputs):
+        if shared & outputs:
             continue  # the state also leaves the graph under another name
-        if _can_write(graph, state, shared, output):
+        if _can_write(graph, state, shared, output, memo):
             safe.add(output.name)
     return safe
 
@@ -68,7 +70,25 @@ def _sharing_buffer(value: ir.Value) -> set[ir.Value]:
     return shared
 
 
-def _can_write(graph: ir.Graph, state: ir.Value, shared: set[ir.Value], target: ir.Value) -> bool:
+class _Memo:
+    """Each graph's node ownership and each writer's ancestors, computed once for all state outputs."""
+
+    def __init__(self) -> None:
+        self._owners: dict[int, dict[int, ir.Node]] = {}
+        self._ancestors: dict[int, set[int]] = {}
+
+    def owner(self, graph: ir.Graph) -> dict[int, ir.Node]:
+        if id(graph) not in self._owners:
+            self._owners[id(graph)] = _top_level_nodes(graph)
+        return self._owners[id(graph)]
+
+    def ancestors(self, node: ir.Node, graph: ir.Graph) -> set[int]:
+        if id(node) not in self._ancestors:
+            self._ancestors[id(node)] = _ancestors(node, self.owner(graph))
+        return self._ancestors[id(node)]
+
+
+def _can_write(graph: ir.Graph, state: ir.Value, shared: set[ir.Value], target: ir.Value, memo: _Memo) -> bool:
     """Whether ``target``, an output of ``graph``, may be written into the buffer of ``state``.
 
     ``shared`` holds ``state`` and its possible views. A state output has its state's shape (the
@@ -78,8 +98,8 @@ def _can_write(graph: ir.Graph, state: ir.Value, shared: set[ir.Value], target: 
     writer = target.producer()
     if writer is None or writer.graph is not graph:
         return False
-    owner = _top_level_nodes(graph)
-    before = _ancestors(writer, owner)
+    owner = memo.owner(graph)
+    before = memo.ancestors(writer, graph)
     readers = {owner[id(user)] for value in shared for user, _ in value.uses() if id(user) in owner}
     if any(id(reader) not in before for reader in readers if reader is not writer):
         return False
@@ -87,7 +107,7 @@ def _can_write(graph: ir.Graph, state: ir.Value, shared: set[ir.Value], target: 
         return True
     if writer.op_type == "If":
         index = list(writer.outputs).index(target)
-        return all(_can_write(branch, state, shared, branch.outputs[index]) for branch in _subgraphs(writer))
+        return all(_can_write(branch, state, shared, branch.outputs[index], memo) for branch in _subgraphs(writer))
     return writer.op_type in _ELEMENT_WISE and all(v is state for v in writer.inputs if v in shared)
 
 

@@ -107,6 +107,8 @@ def attach_optimizer(
         epoch_number = b.cast(epoch, DOUBLE)
         lr_state = b.add_input(SCHEDULE_LR, DOUBLE, [len(groups)]) if schedule.lr_from_state else None
 
+    # the names of per-parameter slots, without the slot: a pack must not take one (see _plan)
+    taken = {optim_slot_name("", name) for group in groups for name in group.params}
     for group in groups:
         group_schedule = schedule.for_group(group.index)
         rules = optimizer.rules(group_schedule.adjust_options(group.options))
@@ -116,8 +118,7 @@ def attach_optimizer(
             else:
                 lr = group_schedule.emit_lr(b, epoch_number, float(group.options["lr"]))
             momentum = group_schedule.emit_momentum(b, epoch_number)
-        trainable = {name for g in groups for name in g.params}
-        for unit in _plan(group, rules, inputs, trainable, pack):
+        for unit in _plan(group, rules, inputs, taken, pack):
             if isinstance(unit, _Pack):
                 with b.scope(f"optim/group{group.index}_pack{unit.index}"):
                     _update_pack(b, unit, rules, inputs, grads, state_input, step_number, first, lr, momentum)
@@ -154,14 +155,15 @@ def _info(value: ir.Value) -> ParamInfo:
 
 
 def _plan(
-    group: ParamGroup, rules: Sequence[UpdateRule], inputs: dict[str, ir.Value], trainable: set[str], pack: bool
+    group: ParamGroup, rules: Sequence[UpdateRule], inputs: dict[str, ir.Value], taken: set[str], pack: bool
 ) -> list[str | _Pack]:
     """The group's update units in parameter order: a parameter on its own, or a pack (at its first parameter).
 
     A parameter joins a pack when the chain may pack it and it has at most ``PACK_PARAM_MAX_ELEMENTS``
     elements; the candidates of one dtype fill packs of at most ``PACK_MAX_ELEMENTS`` elements in
-    order, and a pack of one parameter is no pack. A pack whose slot names a parameter's slot would
-    also take (a parameter named like the pack) is left unpacked.
+    order, and a pack of one parameter is no pack. ``taken`` holds ``optim_slot_name("", p)`` of every
+    trainable parameter ``p``: a pack whose slot names one of those (a parameter named like the pack,
+    ``pack0_0``) would take another tensor's name, so its parameters keep their own updates.
     """
     if not pack:
         return list(group.params)
@@ -179,11 +181,17 @@ def _plan(
     packed: set[str] = set()
     for chunk in (c for chunks in by_dtype.values() for c in chunks if len(c) > 1):
         index = len(packs)
-        if optim_pack_slot_name("", group.index, index) in {optim_slot_name("", p) for p in trainable}:
+        if optim_pack_slot_name("", group.index, index) in taken:
             continue
         packs[chunk[0]] = _Pack(group.index, index, tuple(chunk))
         packed.update(chunk)
-    return [packs[name] if name in packs else name for name in group.params if name in packs or name not in packed]
+    units: list[str | _Pack] = []
+    for name in group.params:
+        if name in packs:
+            units.append(packs[name])
+        elif name not in packed:
+            units.append(name)
+    return units
 
 
 def _update_pack(b: GraphBuilder, pack: _Pack, rules, inputs, grads, state_input, step, first, lr, momentum) -> None:
@@ -203,13 +211,12 @@ def _update_pack(b: GraphBuilder, pack: _Pack, rules, inputs, grads, state_input
     param = concat(params)
     grad = concat([grads[name] for name in pack.params])
     info = ParamInfo((sum(sizes),), np.dtype(param.dtype.numpy()))
-    names = list(pack.params)
     state = {
         slot: state_input(
             optim_pack_slot_name(slot, pack.group, pack.index),
             Role.OPTIM_STATE,
             init,
-            {PACKED_KEY: names, SLOT_KEY: slot},
+            {PACKED_KEY: list(pack.params), SLOT_KEY: slot},
         )
         for slot, init in chain_slots(rules, info).items()
     }

@@ -17,7 +17,7 @@ value. Element-wise math computes every element as it would per parameter, so
 the numbers are bit-identical.
 
 The limits come from ``python -m tools.pack_timing`` (onnxruntime CPU, 2
-threads): packing eight 1024-element AdamW parameters saves a quarter of the
+threads): packing eight 1024-element AdamW parameters saves a fifth of the
 step, eight of 4096 elements break even, and larger parameters gain nothing
 (the copies into and out of a pack cost what the nodes saved did). A pack
 much over 2**18 elements is slower than separate updates (a 2**19-element pack

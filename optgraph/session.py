@@ -26,6 +26,7 @@ from optgraph.artifact.names import (
     GRAPH_NAMES,
     IN_PLACE_KEY,
     OPTIMIZER_KEY,
+    PACKED_KEY,
     PARAM_KEY,
     SCHEDULE_LR,
     SLOT_KEY,
@@ -334,8 +335,22 @@ class TrainingSession:
         for t in self._specs(Role.PARAM):
             if t.meta.get(TRAINABLE_KEY) and has_step:
                 state[t.name] = {"step": np.array(steps, np.float32)}
+        params = {t.name: t for t in self._specs(Role.PARAM)}
         for t in self._specs(Role.OPTIM_STATE):
-            state.setdefault(t.meta[PARAM_KEY], {})[t.meta[SLOT_KEY]] = self._store.read(t.name)
+            value, slot = self._store.read(t.name), t.meta[SLOT_KEY]
+            if PACKED_KEY not in t.meta:
+                state.setdefault(t.meta[PARAM_KEY], {})[slot] = value
+                continue
+            # a pack's slot: its parameters' slots end to end, or one scalar they share (the load checks the sizes)
+            start = 0
+            for name in t.meta[PACKED_KEY]:
+                shape = params[name].shape
+                if value.ndim == 0:
+                    part = value.copy()
+                else:
+                    size = int(np.prod(shape, dtype=np.int64))
+                    part, start = value[start : start + size].reshape(shape), start + size
+                state.setdefault(name, {})[slot] = part
         return state
 
     def _snapshot(self) -> Artifact:

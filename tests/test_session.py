@@ -123,7 +123,7 @@ def test_save_writes_a_complete_artifact(cnn_artifact, tmp_path):
     train = manifest["graphs"]["train_step"]
     roles = {t["name"]: t["role"] for t in train["inputs"]}
     assert roles["image"] == "input" and roles["target"] == "target" and roles["conv1.weight"] == "param"
-    assert roles["bn1.running_mean"] == "buffer" and roles["optim.exp_avg.fc.bias"] == "optim_state"
+    assert roles["bn1.running_mean"] == "buffer" and roles["optim.exp_avg.pack0_0"] == "optim_state"
     assert roles["counter.step"] == "counter" and roles["schedule.epoch"] == "schedule_state"
     image = next(t for t in train["inputs"] if t["name"] == "image")
     assert image["shape"] == ["batch", 1, 8, 8] and image["dtype"] == "float32"
@@ -293,12 +293,12 @@ CORRUPTIONS = {
     "manifest-not-json": (lambda d: (d / "manifest.json").write_text("{"), r"manifest.json is not valid JSON"),
     "external-data": (lambda d: _point_outside(d / "eval.onnx"), r"eval.onnx: tensor .* points to external data '../secret.bin'"),
     "graph-not-onnx": (lambda d: (d / "scheduler_step.onnx").write_bytes(b"not a model"), r"scheduler_step.onnx: not a readable ONNX model"),
-    "shape-mismatch": (lambda d: _edit_param_shape(d), r"train_step.onnx: input 'fc.bias' has shape \[10\] in the graph, manifest.json says \[11\]"),
+    "shape-mismatch": (lambda d: _edit_buffer_shape(d), r"train_step.onnx: input 'bn1.running_mean' has shape \[6\] in the graph, manifest.json says \[7\]"),
     "checkpoint-shape": (lambda d: _edit_checkpoint(d, lambda t: t.update({"fc.bias": np.zeros(11, np.float32)})), r"tensor 'fc.bias' is float32\[11\], manifest.json expects float32\[10\]"),
     "checkpoint-extra": (lambda d: _edit_checkpoint(d, lambda t: t.update({"stray": np.zeros(1, np.float32)})), r"holds tensors manifest.json does not declare: \['stray'\]"),
     "missing-checkpoint": (lambda d: (d / "checkpoint.safetensors").unlink(), r"checkpoint.safetensors: missing"),
     "missing-manifest": (lambda d: (d / "manifest.json").unlink(), r"manifest.json: missing"),
-    "missing-state-tensor": (lambda d: _edit_checkpoint(d, lambda t: t.pop("optim.exp_avg.fc.bias")), r"missing state tensor 'optim.exp_avg.fc.bias'"),
+    "missing-state-tensor": (lambda d: _edit_checkpoint(d, lambda t: t.pop("optim.exp_avg.pack0_0")), r"missing state tensor 'optim.exp_avg.pack0_0'"),
     "dtype-mismatch": (lambda d: _edit_checkpoint(d, lambda t: t.update({"counter.step": t["counter.step"].astype(np.int32)})), r"tensor 'counter.step' is int32\[\], manifest.json expects int64\[\]"),
     "garbled-checkpoint": (lambda d: _garble(d / "checkpoint.safetensors"), r"checkpoint.safetensors: not a readable safetensors file"),
 }  # fmt: skip
@@ -336,12 +336,13 @@ def _edit_graph_file(d, file):
     (d / "manifest.json").write_text(json.dumps(data))
 
 
-def _edit_param_shape(d):
+def _edit_buffer_shape(d):
+    # a buffer: a parameter's size is also checked against its pack's slots, before the graphs
     data = json.loads((d / "manifest.json").read_text())
     for graph in data["graphs"].values():
         for t in graph["inputs"] + graph["outputs"]:
-            if t["name"] in ("fc.bias", "fc.bias.next"):
-                t["shape"] = [11]
+            if t["name"] in ("bn1.running_mean", "bn1.running_mean.next"):
+                t["shape"] = [7]
     (d / "manifest.json").write_text(json.dumps(data))
 
 

@@ -23,6 +23,7 @@ from optgraph.artifact.names import (
     MANIFEST_FILE,
     OPTIM_STATE_PREFIX,
     OPTIMIZER_KEY,
+    PACKED_KEY,
     PARAM_KEY,
     SCHEDULE_LR,
     SHA256_KEY,
@@ -32,7 +33,9 @@ from optgraph.artifact.names import (
     TRAINABLE_KEY,
     GraphName,
     Role,
+    optim_pack_slot_name,
     optim_slot_name,
+    pack_of_slot_name,
 )
 from optgraph.errors import ArtifactError
 
@@ -83,6 +86,7 @@ def check_manifest(root: Path, manifest: Manifest) -> None:
         raise ArtifactError(f"{where}: state {SCHEDULE_LR!r} must have shape [groups], got {lr.shape}")
     for spec in state.values():
         _check_state_meta(where, spec, state)
+    _check_slots_held_once(where, state)
     _check_extra(where, manifest.extra, state)
 
 
@@ -108,7 +112,9 @@ def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec
         raise ArtifactError(f"{where}: state {spec.name!r} has a symbolic shape {spec.shape}; state shapes are fixed")
     if TRAINABLE_KEY in spec.meta and not isinstance(spec.meta[TRAINABLE_KEY], bool):
         raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean {TRAINABLE_KEY!r}")
-    if spec.role == Role.OPTIM_STATE:
+    if spec.role == Role.OPTIM_STATE and PACKED_KEY in spec.meta:
+        _check_pack(where, spec, state)
+    elif spec.role == Role.OPTIM_STATE:
         param, slot = spec.meta.get(PARAM_KEY), spec.meta.get(SLOT_KEY)
         if (
             not isinstance(slot, str)
@@ -121,6 +127,53 @@ def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec
                 f"{where}: optimizer state {spec.name!r} must be named {OPTIM_STATE_PREFIX}<slot>.<param> "
                 f"after its {SLOT_KEY!r} and {PARAM_KEY!r} (a parameter), got {slot!r} and {param!r}"
             )
+
+
+def _check_pack(where: Path, spec: TensorSpec, state: dict[str, TensorSpec]) -> None:
+    """A pack's slot: named after its slot, over trainable parameters of one dtype, with their total size or scalar."""
+    slot, params = spec.meta.get(SLOT_KEY), spec.meta[PACKED_KEY]
+    what = f"{where}: optimizer state {spec.name!r}"
+    if PARAM_KEY in spec.meta:
+        raise ArtifactError(f"{what} has both {PARAM_KEY!r} and {PACKED_KEY!r}: it is one parameter's or a pack's")
+    if not isinstance(slot, str) or pack_of_slot_name(spec.name, slot) is None:
+        raise ArtifactError(
+            f"{what} holds a pack ({PACKED_KEY!r}), so it must be named "
+            f"{optim_pack_slot_name('<slot>', '<group>', '<k>')} after its {SLOT_KEY!r}, got {slot!r}"
+        )
+    if (
+        not isinstance(params, list)
+        or not params
+        or not all(isinstance(p, str) for p in params)
+        or len(set(params)) != len(params)
+    ):
+        raise ArtifactError(f"{what}: {PACKED_KEY!r} must list distinct parameter names, got {params!r}")
+    for param in params:
+        if param not in state or state[param].role != Role.PARAM or state[param].meta.get(TRAINABLE_KEY) is not True:
+            raise ArtifactError(f"{what}: {PACKED_KEY!r} names {param!r}, which is not a trainable parameter")
+    dtypes = sorted({state[p].dtype for p in params})
+    if len(dtypes) > 1:
+        raise ArtifactError(f"{what} packs parameters of several dtypes {dtypes}; a pack has one")
+    total = sum(int(np.prod(state[p].shape, dtype=np.int64)) for p in params)
+    if spec.shape not in ([total], []):
+        raise ArtifactError(
+            f"{what} has shape {spec.shape}, but its parameters hold {total} elements: "
+            f"expected [{total}] (their slots end to end) or [] (one scalar they share)"
+        )
+
+
+def _check_slots_held_once(where: Path, state: dict[str, TensorSpec]) -> None:
+    """No slot of a parameter is in two tensors (two packs, or a pack and its own)."""
+    holder: dict[tuple[str, str], str] = {}
+    for spec in state.values():
+        if spec.role != Role.OPTIM_STATE:
+            continue
+        slot = spec.meta[SLOT_KEY]
+        for param in spec.meta[PACKED_KEY] if PACKED_KEY in spec.meta else [spec.meta[PARAM_KEY]]:
+            other = holder.setdefault((slot, param), spec.name)
+            if other != spec.name:
+                raise ArtifactError(
+                    f"{where}: slot {slot!r} of {param!r} is held by both {other!r} and {spec.name!r}; one holds it"
+                )
 
 
 def _check_extra(where: Path, extra: dict[str, Any], state: dict[str, TensorSpec]) -> None:

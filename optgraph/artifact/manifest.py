@@ -45,7 +45,7 @@ class TensorSpec:
         shape: ints, or strings for symbolic dimensions: a symbol (``"batch"``) or an expression
             of symbols (``"batch*seq"``), see :mod:`optgraph.artifact.dims`.
         feeds: for a state output, the state input it becomes on the next call.
-        meta: extra keys (``TRAINABLE_KEY``, ``PARAM_KEY``, ``SLOT_KEY``, ``INDEX_RANGE_KEY``).
+        meta: extra keys (``TRAINABLE_KEY``, ``PARAM_KEY``, ``SLOT_KEY``, ``PACKED_KEY``, ``INDEX_RANGE_KEY``).
     """
 
     name: str

@@ -9,6 +9,7 @@ module spells these names out: a pass that looks for gradients asks
 from __future__ import annotations
 
 import enum
+import re
 
 
 class _Name(str, enum.Enum):
@@ -109,6 +110,25 @@ def optim_slot_name(slot: str, param: str) -> str:
     return f"{OPTIM_STATE_PREFIX}{slot}.{param}"
 
 
+def optim_pack_slot_name(slot: str, group: int | str, index: int | str) -> str:
+    """Checkpoint name of one slot of a pack, e.g. ``optim.exp_avg.pack0_1``.
+
+    A pack is a set of small parameters of parameter group ``group`` that the train step updates
+    together as one flat tensor (``index`` counts the group's packs from 0): the slot holds their
+    slots end to end, in the order of its ``PACKED_KEY`` list, or one scalar for all of them.
+    """
+    return f"{OPTIM_STATE_PREFIX}{slot}.pack{group}_{index}"
+
+
+def pack_of_slot_name(name: str, slot: str) -> tuple[int, int] | None:
+    """``(group, index)`` when ``name`` is :func:`optim_pack_slot_name` of ``slot``, else None."""
+    match = re.fullmatch(r"pack(\d+)_(\d+)", name.removeprefix(optim_slot_name(slot, "")))
+    if match is None:
+        return None
+    group, index = int(match.group(1)), int(match.group(2))
+    return (group, index) if optim_pack_slot_name(slot, group, index) == name else None
+
+
 def accumulator_name(param: str) -> str:
     """The running gradient sum of ``param`` under gradient accumulation: ``accum.grad.fc1.weight``."""
     return "accum." + grad_name(param)
@@ -129,6 +149,7 @@ def output_names(count: int) -> list[str]:
 TRAINABLE_KEY = "trainable"  # on params: false for frozen ones
 PARAM_KEY = "param"  # on optimizer state and accumulators: the parameter
 SLOT_KEY = "slot"  # on optimizer state: torch's slot name
+PACKED_KEY = "packed"  # on a pack's optimizer state (instead of PARAM_KEY): the parameters it holds, in order
 INDEX_RANGE_KEY = "index_range"  # on integer inputs and targets: the values they may hold
 IN_PLACE_KEY = "in_place"  # on state outputs: a runtime may write the output into its state input's buffer
 
@@ -149,7 +170,7 @@ PRODUCER_KEY = "producer"
 SHA256_KEY = "sha256"  # {file name: hex digest} of the graphs and the checkpoint
 
 # The keys by where they go: on a tensor entry of a graph's inputs or outputs, or at the manifest's top level.
-TENSOR_KEYS = frozenset({TRAINABLE_KEY, PARAM_KEY, SLOT_KEY, INDEX_RANGE_KEY, IN_PLACE_KEY})
+TENSOR_KEYS = frozenset({TRAINABLE_KEY, PARAM_KEY, SLOT_KEY, PACKED_KEY, INDEX_RANGE_KEY, IN_PLACE_KEY})
 MANIFEST_KEYS = frozenset(
     {
         DATA_INPUTS_KEY, TARGETS_KEY, OUTPUTS_KEY, ALIASES_KEY, SYMBOLS_KEY, DYNAMIC_BATCH_KEY, OPTIMIZER_KEY,

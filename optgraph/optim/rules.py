@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -170,7 +170,19 @@ class Slot:
 
 
 class UpdateRule:
-    """Base of all rules: no state, identity update."""
+    """Base of all rules: no state, identity update.
+
+    ``element_wise`` says that every element of the new update, state and
+    parameter depends only on the elements at the same index (of ``u``, the
+    state and ``ctx.param``) and on scalars that are the same for every
+    parameter of a group (the step, the learning rate, scalar slots). Such a
+    rule computes the same numbers on parameters packed end to end into one
+    flat tensor, which is how ``attach_optimizer`` updates a group's small
+    parameters together. A rule that reads a whole tensor (a norm, a mean
+    over an axis) or keeps a slot of its own non-scalar shape is not.
+    """
+
+    element_wise: ClassVar[bool] = True
 
     def slots(self, param: ParamInfo) -> dict[str, float | Slot]:
         """The state this rule keeps for ``param``: slot name -> a Slot, or a fill for a slot shaped like it."""
@@ -572,7 +584,11 @@ class AdafactorUpdate(UpdateRule):
     ``param.mul_(1 - lr * weight_decay)``, to float32 rounding). Scalars follow
     torch's Python floats in float64; the step size replaces the learning
     rate, so the chain ends here.
+
+    Not element-wise: it reads norms of the whole parameter and update, and factors its second moment by axis.
     """
+
+    element_wise: ClassVar[bool] = False
 
     beta2_decay: float
     eps1: float | None
@@ -639,6 +655,17 @@ def chain_slots(rules: Sequence[UpdateRule], param: ParamInfo) -> dict[str, np.n
                 raise ValueError(f"two rules of one chain declare the state slot {name!r}")
             slots[name] = (slot if isinstance(slot, Slot) else Slot(float(slot))).initial(param)
     return slots
+
+
+def packable(rules: Sequence[UpdateRule], param: ParamInfo) -> bool:
+    """Whether a chain may update ``param`` packed with other parameters into one flat tensor.
+
+    Every rule must be element-wise, and every slot shaped like the parameter (it packs into a
+    flat slot) or a scalar (one value for the whole pack: the group's parameters share it).
+    """
+    return all(rule.element_wise for rule in rules) and all(
+        not isinstance(slot, Slot) or slot.shape in (None, ()) for rule in rules for slot in rule.slots(param).values()
+    )
 
 
 def emit_chain(

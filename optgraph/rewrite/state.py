@@ -17,7 +17,7 @@ class StateTensor:
         name: its checkpoint name and graph input name.
         role: ``Role.OPTIM_STATE``, ``SCHEDULE_STATE``, ``COUNTER`` or ``GRAD_ACCUMULATOR``.
         init: its initial value.
-        meta: extra manifest keys (e.g. ``{PARAM_KEY: ..., SLOT_KEY: ...}``).
+        meta: extra manifest keys (e.g. ``{PARAM_KEY: ..., SLOT_KEY: ...}``; a pack: ``{PACKED_KEY: [...], SLOT_KEY: ...}``).
     """
 
     name: str

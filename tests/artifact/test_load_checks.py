@@ -65,22 +65,40 @@ def _train_output(data, name):
     return next(t for t in data["graphs"]["train_step"]["outputs"] if t["name"] == name)
 
 
-def _optim_state(data):
-    return next(t for t in data["graphs"]["train_step"]["inputs"] if t["role"] == "optim_state")
+def _optim_state(data, name="optim.exp_avg.pack0_0"):
+    return next(t for t in data["graphs"]["train_step"]["inputs"] if t["name"] == name)
 
 
 MISMATCHES = {
     "feeds-another-state": (
-        lambda d: _train_output(d, "optim.exp_avg.fc1.weight.next").update(feeds="optim.exp_avg_sq.fc1.weight"),
-        r"output 'optim.exp_avg.fc1.weight.next' feeds 'optim.exp_avg_sq.fc1.weight'; a state output is named",
+        lambda d: _train_output(d, "optim.exp_avg.pack0_0.next").update(feeds="optim.exp_avg_sq.pack0_0"),
+        r"output 'optim.exp_avg.pack0_0.next' feeds 'optim.exp_avg_sq.pack0_0'; a state output is named",
     ),
     "state-output-without-feeds": (
         lambda d: [_train_output(d, "fc1.weight.next").pop(key, None) for key in ("feeds", IN_PLACE_KEY)],
         r"train_step output 'fc1.weight.next' has role 'param' but feeds no state",
     ),
-    "slot-renamed": (
+    "pack-slot-renamed": (
         lambda d: _optim_state(d).update(slot="momentum_buffer"),
-        r"must be named optim.<slot>.<param> after its 'slot' and 'param'",
+        r"'optim.exp_avg.pack0_0' holds a pack \('packed'\), so it must be named optim.<slot>.pack<group>_<k> after "
+        r"its 'slot', got 'momentum_buffer'",
+    ),
+    "pack-with-a-param": (
+        lambda d: _optim_state(d).update(param="fc1.bias"),
+        r"'optim.exp_avg.pack0_0' has both 'param' and 'packed': it is one parameter's or a pack's",
+    ),
+    "pack-of-a-buffer": (
+        lambda d: _optim_state(d)["packed"].__setitem__(0, "schedule.epoch"),
+        r"'optim.exp_avg.pack0_0': 'packed' names 'schedule.epoch', which is not a trainable parameter",
+    ),
+    "pack-names-a-parameter-twice": (
+        lambda d: _optim_state(d)["packed"].__setitem__(1, "fc1.weight"),
+        r"'optim.exp_avg.pack0_0': 'packed' must list distinct parameter names, got \['fc1.weight', 'fc1.weight'",
+    ),
+    "pack-of-another-size": (
+        lambda d: _optim_state(d)["packed"].pop(),
+        r"'optim.exp_avg.pack0_0' has shape \[484\], but its parameters hold 480 elements: expected \[480\] \(their "
+        r"slots end to end\) or \[\] \(one scalar they share\)",
     ),
     "symbolic-dim-made-static": (
         lambda d: d["graphs"]["train_step"]["inputs"][0].update(shape=[1099511627776, 8]),
@@ -117,6 +135,56 @@ def test_manifest_that_disagrees_is_an_artifact_error(mlp_artifact, tmp_path, ca
     _edit(directory, edit)
     with pytest.raises(ArtifactError, match=message):
         optgraph.TrainingSession(directory, providers=["CPUExecutionProvider"])
+
+
+# each parameter with its own update: optimizer state named optim.<slot>.<param>
+PER_PARAMETER = {
+    "feeds-another-state": (
+        lambda d: _train_output(d, "optim.exp_avg.fc1.weight.next").update(feeds="optim.exp_avg_sq.fc1.weight"),
+        r"output 'optim.exp_avg.fc1.weight.next' feeds 'optim.exp_avg_sq.fc1.weight'; a state output is named",
+    ),
+    "slot-renamed": (
+        lambda d: _optim_state(d, "optim.exp_avg.fc1.weight").update(slot="momentum_buffer"),
+        r"must be named optim.<slot>.<param> after its 'slot' and 'param'",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def unpacked_artifact():
+    """The MLP artifact with one update per parameter (small parameters are packed by default)."""
+    from optgraph.rewrite import attach_optimizer
+
+    model = make_model("mlp")
+    x, y = make_batch("mlp", 4, torch.Generator().manual_seed(0))
+    attach_optimizer.PACKING = False
+    try:
+        return optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.Adam(lr=0.01, amsgrad=True))
+    finally:
+        attach_optimizer.PACKING = True
+
+
+@pytest.mark.parametrize("case", list(PER_PARAMETER), ids=list(PER_PARAMETER))
+def test_per_parameter_state_that_disagrees_is_an_artifact_error(unpacked_artifact, tmp_path, case):
+    directory = unpacked_artifact.save(tmp_path / "art")
+    edit, message = PER_PARAMETER[case]
+    _edit(directory, edit)
+    with pytest.raises(ArtifactError, match=message):
+        optgraph.TrainingSession(directory, providers=["CPUExecutionProvider"])
+
+
+def test_a_slot_held_twice_is_an_artifact_error(mlp_artifact, tmp_path):
+    pack = _optim_state(json.loads(mlp_artifact.manifest.to_json()))
+    assert pack["packed"][:2] == ["fc1.weight", "fc1.bias"]
+    own = {"name": "optim.exp_avg.fc1.bias", "role": "optim_state", "dtype": "float32", "shape": [16]}
+    own |= {"param": "fc1.bias", "slot": "exp_avg"}
+    directory = mlp_artifact.save(tmp_path / "art")
+    _edit(directory, lambda d: d["graphs"]["train_step"]["inputs"].append(own))
+    with pytest.raises(
+        ArtifactError,
+        match=r"slot 'exp_avg' of 'fc1.bias' is held by both 'optim.exp_avg.pack0_0' and 'optim.exp_avg.fc1.bias'",
+    ):
+        Artifact.load(directory)
 
 
 @pytest.mark.parametrize("file", ["train_step.onnx", "eval.onnx", "checkpoint.safetensors"])

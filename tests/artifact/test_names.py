@@ -30,6 +30,7 @@ PATTERNS = {  # the name functions of names.py, with the placeholders the docume
     "grad_name": names.grad_name("<param>"),
     "next_name": names.next_name("<input>"),
     "optim_slot_name": names.optim_slot_name("<slot>", "<param>"),
+    "optim_pack_slot_name": names.optim_pack_slot_name("<slot>", "<group>", "<k>"),
     "accumulator_name": names.accumulator_name("<param>"),
 }
 
@@ -141,7 +142,8 @@ def test_the_state_name_table():
         assert roles and set(roles) <= set(names.STATE_ROLES), f"not state roles: {roles}"
         for name in backquoted(name_cell):
             documented.setdefault(name, set()).update(roles)
-    for name in STATE_NAMES | PLATEAU_STATE | {PATTERNS["optim_slot_name"], PATTERNS["accumulator_name"]}:
+    slot_patterns = {PATTERNS["optim_slot_name"], PATTERNS["optim_pack_slot_name"], PATTERNS["accumulator_name"]}
+    for name in STATE_NAMES | PLATEAU_STATE | slot_patterns:
         assert name in documented, f"the state table does not show {name}"
     assert {role for rs in documented.values() for role in rs} == set(names.STATE_ROLES)
     expected_roles = {
@@ -150,6 +152,7 @@ def test_the_state_name_table():
         names.EPOCH: names.Role.SCHEDULE_STATE,
         names.SCHEDULE_LR: names.Role.SCHEDULE_STATE,
         PATTERNS["optim_slot_name"]: names.Role.OPTIM_STATE,
+        PATTERNS["optim_pack_slot_name"]: names.Role.OPTIM_STATE,
         PATTERNS["accumulator_name"]: names.Role.GRAD_ACCUMULATOR,
     } | {name: names.Role.SCHEDULE_STATE for name in PLATEAU_STATE}
     for name, role in expected_roles.items():
@@ -227,7 +230,9 @@ DISTINCTIVE = {
 ROLE_WORDS = {role.value for role in names.Role}  # ordinary words: offenders only where a role is meant
 TENSOR_WORDS = {names.LOSS, names.METRIC, *names.target_names(1), *names.output_names(1)}
 KEY_WORDS = (TOP_LEVEL_KEYS | TENSOR_KEYS) - DISTINCTIVE
-NAME_FUNCTIONS = {"add_input", "add_output", "next_name", "grad_name", "optim_slot_name", "accumulator_name"}
+NAME_FUNCTIONS = {
+    "add_input", "add_output", "next_name", "grad_name", "optim_slot_name", "optim_pack_slot_name", "accumulator_name",
+}  # fmt: skip
 MAPPING_METHODS = {"get", "pop", "setdefault"}
 
 

@@ -285,3 +285,49 @@ def test_two_sided_lerp_takes_torchs_branch():
         np.testing.assert_array_equal(ours, expected, err_msg=f"weight {w}")
         theirs = torch.lerp(torch.from_numpy(start), torch.from_numpy(end), w).numpy()
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, err_msg="torch fuses a multiply-add: one rounding apart")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_an_element_wise_chain_updates_a_concatenation_as_its_parts(case):
+    """What ``element_wise`` promises: on two tensors packed end to end, the chain computes each one's numbers."""
+    chain = case.chain()
+    if not all(rule.element_wise for rule in chain):
+        assert not R.packable(chain, R.ParamInfo(case.shape, np.dtype(case.dtype)))
+        pytest.skip("not element-wise (Adafactor): it keeps one update per parameter")
+    shapes = [case.shape, (5,)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    assert R.packable(chain, R.ParamInfo((sum(sizes),), np.dtype(case.dtype)))
+    cycled = case.cycled is not None
+    parts = [ChainGraph(chain, shape, case.dtype, cycled) for shape in shapes]
+    packed = ChainGraph(chain, (sum(sizes),), case.dtype, cycled)
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(shape).astype(case.dtype) for shape in shapes]
+    flat = np.concatenate([p.ravel() for p in params])
+    for step in range(1, case.steps + 1):
+        grads = [(rng.standard_normal(shape) * case.grad_scale).astype(case.dtype) for shape in shapes]
+        grads[0].flat[0] = 0.0
+        momentum = None if case.cycled is None else case.cycled[step - 1]
+        results = [graph(p, g, step, LR, momentum) for graph, p, g in zip(parts, params, grads)]
+        params = [r[0] for r in results]
+        flat, state = packed(flat, np.concatenate([g.ravel() for g in grads]), step, LR, momentum)
+        np.testing.assert_array_equal(flat, np.concatenate([p.ravel() for p in params]), err_msg=f"step {step}")
+        for name, value in state.items():
+            if value.ndim == 0:  # a scalar slot: the same for every part
+                assert all(r[1][name] == value for r in results), f"{name} at step {step}"
+            else:
+                expected = np.concatenate([r[1][name].ravel() for r in results])
+                np.testing.assert_array_equal(value, expected, err_msg=f"{name} at step {step}")
+
+
+def test_a_slot_of_its_own_shape_keeps_a_rule_out_of_packs():
+    class RowSums(R.UpdateRule):  # claims element-wise, but keeps a slot per row
+        def slots(self, param):
+            return {"rows": R.Slot(0.0, shape=(param.shape[0], 1))}
+
+    class Scalar(R.UpdateRule):
+        def slots(self, param):
+            return {"count": R.Slot.scalar(0.0), "buffer": 0.0, "copy": R.Slot(1.0, dtype="float64")}
+
+    info = R.ParamInfo((3, 4), np.dtype(np.float32))
+    assert not R.packable([R.ScaleByLearningRate(), RowSums()], info)
+    assert R.packable([Scalar(), R.ScaleByLearningRate()], info)

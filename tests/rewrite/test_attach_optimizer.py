@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from catalog import OPTIMIZERS, construct
 
 from optgraph import lr_scheduler, optim
 from optgraph.artifact.names import (
     EPOCH,
     LOSS,
+    PACKED_KEY,
     PARAM_KEY,
     SCHEDULE_LR,
     SLOT_KEY,
@@ -17,10 +19,13 @@ from optgraph.artifact.names import (
     Role,
     grad_name,
     next_name,
+    optim_pack_slot_name,
     optim_slot_name,
     param_of_grad,
     state_of_next,
 )
+from optgraph.graph.builder import GraphBuilder, ir_dtype
+from optgraph.rewrite import attach_optimizer as attach_module
 from optgraph.rewrite.attach_optimizer import AttachedOptimizer, attach_optimizer
 
 from .toy_capture import (
@@ -38,11 +43,12 @@ from .toy_capture import (
 COUNTERS = [(STEP_COUNTER, Role.COUNTER), (EPOCH, Role.SCHEDULE_STATE)]
 
 
-def attached(optimizer, schedule=None) -> tuple[ir.Model, AttachedOptimizer, list]:
+def attached(optimizer, schedule=None, pack=False) -> tuple[ir.Model, AttachedOptimizer, list]:
+    """The toy capture with ``optimizer`` attached; each parameter with its own update unless ``pack``."""
     model = train_model()
     schedule = lr_scheduler.NoSchedule() if schedule is None else schedule
     groups = optimizer.resolve(TRAINABLE)
-    return model, attach_optimizer(model, optimizer, schedule, groups), groups
+    return model, attach_optimizer(model, optimizer, schedule, groups, pack=pack), groups
 
 
 def slots_of(record: AttachedOptimizer) -> list[tuple[str, str, str]]:
@@ -80,7 +86,7 @@ def test_graph_inputs_and_outputs():
     grads_before = {param_of_grad(v.name): v for v in model.graph.outputs if param_of_grad(v.name) is not None}
     others_before = [v for v in model.graph.outputs if param_of_grad(v.name) is None]
     optimizer = optim.Adam(lr=0.01)
-    record = attach_optimizer(model, optimizer, lr_scheduler.StepLR(2), optimizer.resolve(TRAINABLE))
+    record = attach_optimizer(model, optimizer, lr_scheduler.StepLR(2), optimizer.resolve(TRAINABLE), pack=False)
     graph = model.graph
     assert [v.name for v in graph.inputs] == inputs_before + [t.name for t in record.new_state]
     assert record.gradients == grads_before, "the gradients it consumed, by parameter"
@@ -200,3 +206,127 @@ def test_lr_from_schedule_state_per_group():
     out = run(feeds)
     for p, lr in [("b", 0.2), ("w", 0.03)]:
         np.testing.assert_allclose(out[next_name(p)], state[p] - lr * grads[grad_name(p)].astype(np.float64), rtol=1e-6)
+
+
+# -- small parameters packed into one update -------------------------------------------------------------------------
+
+# parameters of every rank; "big" is over the test's packing limit, "wide" is float64 (another pack)
+SHAPES = {"matrix": ((2, 3), np.float32), "scalar": ((), np.float32), "vector": ((4,), np.float32),
+          "big": ((5, 5), np.float32), "cube": ((2, 1, 3), np.float32), "wide": ((3,), np.float64),
+          "wider": ((2, 2), np.float64)}  # fmt: skip
+PACK_LIMIT = 20  # elements: "big" (25) keeps its own update
+
+
+def shaped_model(shapes=SHAPES) -> ir.Model:
+    """A stand-in capture whose gradients are inputs (``g.<param>``): any shapes and dtypes, any gradient values."""
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 18}, name="shaped")
+    b = GraphBuilder(graph)
+    for name, (shape, dtype) in shapes.items():
+        b.add_input(name, ir_dtype(dtype), list(shape))
+    grads = [b.add_input(f"g.{name}", ir_dtype(dtype), list(shape)) for name, (shape, dtype) in shapes.items()]
+    for name, grad in zip(shapes, grads):
+        b.add_output(b.op("Identity", grad), grad_name(name)).shape = grad.shape
+    return ir.Model(graph, ir_version=8)
+
+
+def shaped_steps(optimizer, pack: bool, steps: int = 5, shapes=SHAPES):
+    """Run ``steps`` updates of the shaped model; the record, each step's outputs, and the model."""
+    model = shaped_model(shapes)
+    record = attach_optimizer(model, optimizer, lr_scheduler.NoSchedule(), optimizer.resolve(list(shapes)), pack=pack)
+    run, rng = Runner(model), np.random.default_rng(3)
+    state = {n: rng.standard_normal(shape).astype(dtype) for n, (shape, dtype) in shapes.items()}
+    state |= {t.name: t.init for t in record.new_state}
+    outputs = []
+    for _ in range(steps):
+        grads = {f"g.{n}": rng.standard_normal(shape).astype(dtype) for n, (shape, dtype) in shapes.items()}
+        grads[f"g.{next(iter(shapes))}"].flat[0] = 0.0  # Rprop's and Lion's sign logic
+        out = run(state | grads)
+        outputs.append(out)
+        state = advance(state, out)
+    return record, outputs, model
+
+
+def per_param_slots(record: AttachedOptimizer, out: dict, shapes=SHAPES) -> dict[tuple[str, str], np.ndarray]:
+    """Every (param, slot) value of one step's outputs, packs split as ``optimizer_state_dict`` splits them."""
+    slots = {}
+    for t in record.new_state:
+        if t.role != Role.OPTIM_STATE:
+            continue
+        value = out[next_name(t.name)]
+        if PACKED_KEY not in t.meta:
+            slots[t.meta[PARAM_KEY], t.meta[SLOT_KEY]] = value
+            continue
+        start = 0
+        for p in t.meta[PACKED_KEY]:
+            shape = shapes[p][0]
+            size = int(np.prod(shape))
+            slots[p, t.meta[SLOT_KEY]] = value if value.ndim == 0 else value[start : start + size].reshape(shape)
+            start += 0 if value.ndim == 0 else size
+    return slots
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_packed_update_is_bit_identical_to_one_per_parameter(name, monkeypatch):
+    monkeypatch.setattr(attach_module, "PACK_PARAM_MAX_ELEMENTS", PACK_LIMIT)
+    optimizer = construct(optim, name, {}, "this test's table")
+    packed, theirs = shaped_steps(optimizer, pack=True), shaped_steps(optimizer, pack=False)
+    packs = [t for t in packed[0].new_state if PACKED_KEY in t.meta]
+    splits = [node for node in packed[2].graph if node.op_type == "Split"]
+    if all(rule.element_wise for rule in optimizer.rules(optimizer.defaults)):
+        # one pack per dtype, in parameter order; "big" alone
+        assert [len(node.outputs) for node in splits] == [4, 2]
+        assert {tuple(t.meta[PACKED_KEY]) for t in packs} <= {("matrix", "scalar", "vector", "cube"), ("wide", "wider")}
+        assert not any(t.meta.get(PARAM_KEY) not in (None, "big") for t in packed[0].new_state)
+    else:
+        assert not packs and not splits, "a chain that is not element-wise keeps one update per parameter"
+    for step, (ours, reference) in enumerate(zip(packed[1], theirs[1])):
+        for p in SHAPES:
+            np.testing.assert_array_equal(ours[next_name(p)], reference[next_name(p)], err_msg=f"{p}, step {step}")
+            assert ours[next_name(p)].dtype == reference[next_name(p)].dtype
+        ours_slots, their_slots = per_param_slots(packed[0], ours), per_param_slots(theirs[0], reference)
+        assert ours_slots.keys() == their_slots.keys()
+        for key, value in their_slots.items():
+            np.testing.assert_array_equal(ours_slots[key], value, err_msg=f"{key}, step {step}")
+
+
+def test_pack_state_is_flat_and_names_its_parameters(monkeypatch):
+    monkeypatch.setattr(attach_module, "PACK_PARAM_MAX_ELEMENTS", PACK_LIMIT)
+    record, _, _ = shaped_steps(optim.NAdam(), pack=True, steps=1)
+    slots = {t.name: t for t in record.new_state if t.role == Role.OPTIM_STATE}
+    assert list(slots) == [
+        *(optim_pack_slot_name(s, 0, 0) for s in ["mu_product", "exp_avg", "exp_avg_sq"]),
+        *(optim_slot_name(s, "big") for s in ["mu_product", "exp_avg", "exp_avg_sq"]),
+        *(optim_pack_slot_name(s, 0, 1) for s in ["mu_product", "exp_avg", "exp_avg_sq"]),
+    ]
+    first = slots[optim_pack_slot_name("exp_avg", 0, 0)]
+    assert first.meta == {PACKED_KEY: ["matrix", "scalar", "vector", "cube"], SLOT_KEY: "exp_avg"}
+    assert first.init.shape == (6 + 1 + 4 + 6,) and first.init.dtype == np.float32
+    assert slots[optim_pack_slot_name("exp_avg", 0, 1)].init.dtype == np.float64
+    mu = slots[optim_pack_slot_name("mu_product", 0, 0)]
+    assert mu.init.shape == () and mu.init == 1.0, "a scalar slot is one value for the whole pack"
+    assert optim_pack_slot_name("exp_avg", 2, 1) == "optim.exp_avg.pack2_1"  # the documented spelling
+
+
+def test_packing_limits(monkeypatch):
+    monkeypatch.setattr(attach_module, "PACK_PARAM_MAX_ELEMENTS", PACK_LIMIT)
+    monkeypatch.setattr(attach_module, "PACK_MAX_ELEMENTS", 12)
+    record, _, _ = shaped_steps(optim.SGD(momentum=0.9), pack=True, steps=1)
+    packs = [t.meta[PACKED_KEY] for t in record.new_state if PACKED_KEY in t.meta]
+    # float32: matrix (6) + scalar (1) + vector (4) fill one pack, cube (6) alone is no pack; float64: 3 + 4
+    assert packs == [["matrix", "scalar", "vector"], ["wide", "wider"]]
+    monkeypatch.setattr(attach_module, "PACKING", False)
+    record, _, _ = shaped_steps(optim.SGD(momentum=0.9), pack=None, steps=1)
+    assert not any(PACKED_KEY in t.meta for t in record.new_state), "the module's switch"
+
+
+def test_groups_pack_apart_and_a_name_taken_by_a_parameter_is_not_reused(monkeypatch):
+    monkeypatch.setattr(attach_module, "PACK_PARAM_MAX_ELEMENTS", PACK_LIMIT)
+    shapes = {"a": ((2,), np.float32), "b": ((3,), np.float32), "pack1_0": ((2,), np.float32), "c": ((2,), np.float32)}
+    optimizer = optim.Adam(param_groups=[{"params": ["c", "pack*"], "lr": 0.1}])
+    record, _, _ = shaped_steps(optimizer, pack=True, steps=2, shapes=shapes)
+    packs = {t.name: t.meta[PACKED_KEY] for t in record.new_state if PACKED_KEY in t.meta}
+    # group 0 (c, pack1_0) packs; the default group 1 would name its pack pack1_0, a parameter's name: unpacked
+    assert packs == {optim_pack_slot_name(s, 0, 0): ["pack1_0", "c"] for s in ["exp_avg", "exp_avg_sq"]}
+    names = [t.name for t in record.new_state]
+    assert len(names) == len(set(names))
+    assert optim_slot_name("exp_avg", "a") in names and optim_slot_name("exp_avg", "pack1_0") not in names

@@ -110,3 +110,26 @@ def test_readers_outside_the_if_must_run_before_it():
     b = GraphBuilder(graph)
     b.add_output(b.op("Neg", graph.inputs[0]), "late")  # nothing orders it before the If
     assert _safe(graph) == set()
+
+
+def _packed(late_reader: bool = False):
+    """Two states packed as ``attach_optimizer`` packs small parameters: flattened, concatenated, updated, split back."""
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 18})
+    b = GraphBuilder(graph)
+    matrix, vector = b.add_input("m", FLOAT, [2, 3]), b.add_input("v", FLOAT, [4])
+    grad = b.add_input("g", FLOAT, [10])
+    flat = b.op("Concat", b.op("Reshape", matrix, b.const([-1], INT64)), vector, axis=0)
+    parts = b.op("Split", b.op("Add", flat, grad), b.const([6, 4], INT64), axis=0, num_outputs=2)
+    b.add_output(b.op("Reshape", parts[0], b.const([2, 3], INT64)), next_name("m"))
+    b.add_output(parts[1], next_name("v"))
+    if late_reader:
+        b.add_output(b.op("Neg", b.op("Reshape", matrix, b.const([6], INT64))), "late")
+    return graph
+
+
+def test_split_outputs_may_overwrite_the_states_their_concat_read():
+    assert _safe(_packed()) == {next_name("m"), next_name("v")}
+
+
+def test_a_packed_state_read_again_after_the_split_keeps_a_second_buffer():
+    assert _safe(_packed(late_reader=True)) == {next_name("v")}

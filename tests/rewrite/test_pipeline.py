@@ -18,6 +18,7 @@ from optgraph.artifact.names import (
     LOSS,
     METRIC,
     MICRO_STEP,
+    PACKED_KEY,
     PARAM_KEY,
     SCHEDULE_LR,
     SLOT_KEY,
@@ -30,7 +31,7 @@ from optgraph.artifact.names import (
     accumulator_name,
     grad_name,
     next_name,
-    optim_slot_name,
+    optim_pack_slot_name,
     schedule_state_name,
     state_of_next,
 )
@@ -109,7 +110,8 @@ def expected_roles(slots, steps=1, plateau=False):
     roles = {n: Role.INPUT for n in DATA} | {n: Role.TARGET for n in TARGETS}
     roles |= {n: Role.PARAM for n in TRAINABLE + FROZEN} | {n: Role.BUFFER for n in BUFFERS}
     roles |= {STEP_COUNTER: Role.COUNTER, EPOCH: Role.SCHEDULE_STATE, SCHEDULE_LR: Role.SCHEDULE_STATE}
-    roles |= {optim_slot_name(s, p): Role.OPTIM_STATE for p in TRAINABLE for s in slots}
+    # the two small parameters of the one group share their update: one pack, its slots flat
+    roles |= {optim_pack_slot_name(s, 0, 0): Role.OPTIM_STATE for s in slots}
     if steps > 1:
         roles |= {MICRO_STEP: Role.COUNTER} | {accumulator_name(p): Role.GRAD_ACCUMULATOR for p in TRAINABLE}
     if plateau:
@@ -137,14 +139,17 @@ def test_roles_new_state_and_meta(Captured, optimizer, slots, schedule, steps):
     state = initial_state()
     for name, tensor in result.new_state.items():
         assert tensor.name == name and tensor.role == roles[name]
-        if tensor.role in (Role.OPTIM_STATE, Role.GRAD_ACCUMULATOR):
+        if tensor.role == Role.GRAD_ACCUMULATOR:
             param = state[tensor.meta[PARAM_KEY]]
             assert tensor.init.dtype == param.dtype and tensor.init.shape == param.shape and not tensor.init.any()
+        if tensor.role == Role.OPTIM_STATE:
+            flat = np.concatenate([state[p].ravel() for p in TRAINABLE])
+            assert tensor.init.dtype == flat.dtype and tensor.init.shape == flat.shape and not tensor.init.any()
     assert result.new_state[SCHEDULE_LR].init.tolist() == [0.1 if isinstance(optimizer, optim.SGD) else 0.01]
     assert result.new_state[STEP_COUNTER].init == 0 and result.new_state[EPOCH].init == 0
     meta = {p: {TRAINABLE_KEY: True} for p in TRAINABLE} | {p: {TRAINABLE_KEY: False} for p in FROZEN}
     meta |= {n: {} for n in result.new_state}
-    meta |= {optim_slot_name(s, p): {PARAM_KEY: p, SLOT_KEY: s} for p in TRAINABLE for s in slots}
+    meta |= {optim_pack_slot_name(s, 0, 0): {PACKED_KEY: TRAINABLE, SLOT_KEY: s} for s in slots}
     if steps > 1:
         meta |= {accumulator_name(p): {PARAM_KEY: p} for p in TRAINABLE}
     assert result.meta == meta

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from optgraph.artifact.checks import check_digest, check_graph, check_manifest, check_state, digest
+from optgraph.artifact.checkpoint_file import read_checkpoint
+from optgraph.artifact.checks import check_digest, check_graph, check_manifest, check_sha256, check_state, digest
 from optgraph.artifact.manifest import FORMAT_NAME, Manifest, is_plain_file_name
 from optgraph.artifact.names import CHECKPOINT_FILE, GRAPH_NAMES, MANIFEST_FILE, SHA256_KEY
 from optgraph.artifact.storage import missing_directory_error, save_directory
@@ -54,23 +53,30 @@ class Artifact:
             graphs[name] = _read(root, spec.file)
             check_digest(root, manifest, spec.file, graphs[name])
             check_graph(root / spec.file, graphs[name], spec)
-        data = _read(root, CHECKPOINT_FILE)
-        check_digest(root, manifest, CHECKPOINT_FILE, data)
+        path = _path(root, CHECKPOINT_FILE)
         try:
-            state = load_safetensors(data)
-        except (SafetensorError, ValueError, TypeError, OSError) as e:
-            raise ArtifactError(f"{root / CHECKPOINT_FILE}: not a readable safetensors file ({e})") from None
-        check_state(root / CHECKPOINT_FILE, manifest, state)
+            state, sha256, unreadable = read_checkpoint(path)  # straight into the arrays: the file is never held
+        except OSError as e:
+            raise ArtifactError(f"{path}: cannot be read ({e})") from None
+        check_sha256(root, manifest, CHECKPOINT_FILE, sha256)
+        if state is None:
+            raise ArtifactError(f"{path}: not a readable safetensors file ({unreadable})")
+        check_state(path, manifest, state)
         return cls(manifest, graphs, state)
 
 
-def _read(root: Path, file: str) -> bytes:
-    """Read a file of the artifact; names that leave the directory, and symbolic links, are rejected."""
+def _path(root: Path, file: str) -> Path:
+    """A file of the artifact; names that leave the directory, and symbolic links, are rejected."""
     if not is_plain_file_name(file):
         raise ArtifactError(f"{root / MANIFEST_FILE}: file name {file!r} must be a plain name inside the directory")
     path = root / file
     if path.is_symlink() or not path.is_file():
         raise ArtifactError(f"{path}: missing (or not a regular file) in the artifact directory")
+    return path
+
+
+def _read(root: Path, file: str) -> bytes:
+    path = _path(root, file)
     try:
         return path.read_bytes()
     except OSError as e:

@@ -192,8 +192,13 @@ def _check_extra(where: Path, extra: dict[str, Any], state: dict[str, TensorSpec
 
 
 def check_digest(root: Path, manifest: Manifest, file: str, data: bytes) -> None:
+    check_sha256(root, manifest, file, digest(data))
+
+
+def check_sha256(root: Path, manifest: Manifest, file: str, sha256: str) -> None:
+    """``sha256`` (hex) of ``file`` must be the one the manifest records, where it records one."""
     expected = manifest.extra.get(SHA256_KEY, {}).get(file)
-    if expected is not None and digest(data) != expected.lower():
+    if expected is not None and sha256 != expected.lower():
         raise ArtifactError(f"{root / file}: contents do not match the sha256 in {MANIFEST_FILE} (corrupt or edited)")
 
 

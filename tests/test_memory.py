@@ -1,6 +1,13 @@
-"""Training does not grow memory: state is preallocated and swapped, nothing is kept per step."""
+"""Memory: training does not grow it (state is preallocated, nothing kept per step), and opening holds the state once."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from tools.memory_check import measure
 
@@ -9,3 +16,44 @@ def test_rss_is_flat_over_2000_steps():
     readings = measure(steps=2000, batch_size=32, report=lambda line: None)
     growth = readings[-1][1] - readings[0][1]
     assert growth < 4, f"RSS grew by {growth:.1f} MiB over 2000 steps: {readings}"
+
+
+OPEN_PROBE = """
+import sys
+sys.modules["torch"] = None  # a training process: no torch
+import optgraph
+
+
+def peak_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+
+before = peak_mb()
+session = optgraph.TrainingSession(sys.argv[1], providers=["CPUExecutionProvider"])
+print(peak_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from Linux's /proc")
+def test_opening_an_artifact_holds_the_state_once(tmp_path):
+    # The checkpoint is read straight into the arrays the session keeps: no copy of the file's bytes, no second
+    # copy of each tensor, so the peak while opening is the state itself plus the runtime's own sessions.
+    import torch
+    from torch import nn
+
+    import optgraph
+    from optgraph import optim
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 4))
+    x, y = torch.randn(4, 2048), torch.tensor([0, 1, 2, 3])
+    optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW()).save(tmp_path / "a")
+    state_mb = (tmp_path / "a" / "checkpoint.safetensors").stat().st_size / 2**20  # ~48 MiB: params + 2 slots
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-c", OPEN_PROBE, str(tmp_path / "a")], capture_output=True, text=True, env=env, check=True
+    )
+    grown = float(run.stdout.split()[-1])
+    assert grown < 1.3 * state_mb + 15, f"opening grew the peak RSS by {grown:.0f} MiB for {state_mb:.0f} MiB of state"

@@ -126,7 +126,9 @@ def mean_square(ctx: UpdateContext, x: ir.Value, axis: int, size: int) -> ir.Val
 def decayed_square_average(ctx: UpdateContext, avg: ir.Value, x: ir.Value, decay: float) -> ir.Value:
     """``avg * decay + ((1 - decay) * x) * x``: torch's ``avg.mul_(decay).addcmul_(x, x, value=1 - decay)``."""
     b = ctx.builder
-    return b.op("Add", b.op("Mul", avg, ctx.const(decay)), b.op("Mul", b.op("Mul", x, ctx.const(1.0 - decay)), x))
+    # x's term first: onnxruntime runs nodes in this order, so at most two tensor-sized temporaries are alive
+    square = b.op("Mul", b.op("Mul", x, ctx.const(1.0 - decay)), x)
+    return b.op("Add", b.op("Mul", avg, ctx.const(decay)), square)
 
 
 def adam_moments(ctx: UpdateContext, u: ir.Value, state: State, beta1: float, beta2: float):

@@ -60,6 +60,8 @@ class IndexRange:
             if len(self.region) != array.ndim:
                 return None
             array = array[tuple(slice(None) if r is None else slice(r.start, r.stop, r.step) for r in self.region)]
+        if array.size == 0 or (array.min() >= self.low and array.max() < self.high):
+            return None  # the common case, without the boolean temporaries and np.isin below (once per step)
         bad = (array < self.low) | (array >= self.high)
         if self.also:
             bad &= ~np.isin(array, self.also)

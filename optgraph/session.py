@@ -199,17 +199,40 @@ class _GraphRunner:
             io.bind_ortvalue_output(out, store.values[fed] if out in self.in_place else self.spares[out])
         for t in self.result_outputs:
             io.bind_output(t.name, "cpu")
+        # after the run, each double-buffered state takes its spare as current, and its current as the next spare;
+        # fixed before the run, so that making a swap twice is harmless
+        swaps = [
+            (out, fed, self.spares[out], store.values[fed])
+            for out, fed in self.state_outputs
+            if out not in self.in_place
+        ]
+        interrupted = None
         try:
             self.session.run_with_iobinding(io)
+        except KeyboardInterrupt as e:
+            # Python raises a Ctrl-C that came during the run as the call returns: the run is complete and its
+            # in-place outputs are written, so the rest of its state must be taken too before the interrupt goes on
+            interrupted = e
         except (*ORT_ERRORS, RuntimeError) as e:  # the binding raises a plain RuntimeError for a failed run
             # nothing was swapped yet, and in-place outputs are written by the update alone (in the train
             # step, the non-finite guard's If, after every forward and backward node)
             raise RunError(f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); {self._unchanged}") from None
-        results = io.get_outputs()[len(self.state_outputs) :] if self.result_outputs else []
-        arrays = [r.numpy() for r in results]
-        for out, fed in self.state_outputs:
-            if out not in self.in_place:
-                store.values[fed], self.spares[out] = self.spares[out], store.values[fed]
+        try:
+            results = io.get_outputs()[len(self.state_outputs) :] if self.result_outputs and not interrupted else []
+            arrays = [r.numpy() for r in results]
+        finally:
+            # all swaps or none: a Ctrl-C in the middle is held until they are made (inline, not in a function,
+            # whose entry is itself a point where Python raises a pending interrupt)
+            while True:
+                try:
+                    for out, fed, current, spare in swaps:
+                        store.values[fed] = current
+                        self.spares[out] = spare
+                    break
+                except KeyboardInterrupt as e:
+                    interrupted = e
+        if interrupted is not None:
+            raise interrupted
         return arrays
 
 

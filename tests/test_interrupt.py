@@ -1,0 +1,93 @@
+"""A Ctrl-C during a step leaves a consistent state: the step is taken whole, or not at all.
+
+Python raises a KeyboardInterrupt that arrived while onnxruntime ran as the call returns, when the run
+has written its in-place state; the session must then take the rest of that step's state too (the
+double-buffered counter, say) before the interrupt goes on, or a later save would hold parameters of
+step k+1 beside counters of step k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import optgraph
+from optgraph import lr_scheduler, optim
+from optgraph.artifact.names import GraphName
+
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    return optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=0.01), lr_scheduler=lr_scheduler.StepLR(2)
+    )
+
+
+def _batches(n):
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 3, 8)) for _ in range(n)]
+
+
+def _state(session):
+    return {name: session._store.read(name) for name in session.state_info()}
+
+
+class _InterruptedAsRunReturns:
+    """The runner's onnxruntime session, but the next run raises KeyboardInterrupt as it returns."""
+
+    def __init__(self, session):
+        self.session, self.armed = session, True
+
+    def run_with_iobinding(self, binding):
+        self.session.run_with_iobinding(binding)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+class _InterruptedOnce(dict):
+    """A state store's dict whose next assignment raises KeyboardInterrupt once, before it is made."""
+
+    armed = True
+
+    def __setitem__(self, key, value):
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("where", ["as-the-run-returns", "during-the-swap"])
+def test_interrupted_step_is_taken_whole(artifact, where):
+    batches = _batches(6)
+    reference = optgraph.TrainingSession(artifact, providers=CPU)
+    session = optgraph.TrainingSession(artifact, providers=CPU)
+    for batch in batches[:3]:
+        reference.step(*batch)
+        session.step(*batch)
+    runner = session._runners[GraphName.TRAIN_STEP]
+    if where == "as-the-run-returns":
+        runner.session = _InterruptedAsRunReturns(runner.session)
+    else:
+        session._store.values = _InterruptedOnce(session._store.values)
+    with pytest.raises(KeyboardInterrupt):
+        session.step(*batches[3])
+    reference.step(*batches[3])
+    for name, value in _state(reference).items():
+        np.testing.assert_array_equal(_state(session)[name], value, err_msg=name)
+    for batch in batches[4:]:  # and the session trains on, bit-identically
+        assert session.step(*batch) == reference.step(*batch)
+    session.scheduler_step()
+    reference.scheduler_step()
+    for name, value in _state(reference).items():
+        np.testing.assert_array_equal(_state(session)[name], value, err_msg=name)

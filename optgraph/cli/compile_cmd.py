@@ -6,7 +6,15 @@ import argparse
 import time
 from pathlib import Path
 
-from optgraph.artifact.names import DATA_INPUTS_KEY, LR_SCHEDULER_KEY, OPTIMIZER_KEY, TARGETS_KEY, GraphName
+from optgraph.artifact.names import (
+    DATA_INPUTS_KEY,
+    LR_SCHEDULER_KEY,
+    MANIFEST_FILE,
+    OPTIMIZER_KEY,
+    PARAM_GROUPS_KEY,
+    TARGETS_KEY,
+    GraphName,
+)
 from optgraph.cli import describe
 from optgraph.cli.config import CompileConfig, is_config_file, read_config
 from optgraph.cli.errors import UsageError
@@ -103,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     schedule = None
     if config.lr_scheduler is not None:
         schedule = build(config.lr_scheduler, SCHEDULES, "schedule", "--scheduler")
+    _check_out(config.out)
     require(TORCH, "compiling")
 
     started = time.perf_counter()
@@ -134,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
     print_summary(artifact)
     print(f"next: optgraph inspect {out}   or   optgraph train {out} --data DATA.npz --epochs 10")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """Refuse at once (not after compiling) a folder that the save would refuse: one holding other files."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out} is a file; give the artifact directory to write")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise UsageError(f"-o {out} holds files that are not an optgraph artifact; give a new or empty directory")
 
 
 def _torch_dynamic(dynamic):
@@ -168,6 +185,16 @@ def print_summary(artifact) -> None:
     print(f"  parameters  {facts.trainable:,} trainable, {facts.frozen:,} frozen ({facts.param_tensors} tensors)")
     print(f"  state       {describe.human_bytes(facts.total_state_bytes)} ({state})")
     print(f"  optimizer   {describe.call_text(setup[OPTIMIZER_KEY], describe.OPTIMIZER_SKIP)}")
+    groups = setup[PARAM_GROUPS_KEY] or []
+    if len(groups) > 1:
+        declared = (setup[OPTIMIZER_KEY] or {}).get("param_groups") or []
+        described = []
+        for group in groups:
+            index, count = group["index"], len(group["params"])
+            options = declared[index] if index < len(declared) else {}
+            shown = ", ".join(f"{k}={v!r}" for k, v in options.items() if k != "params") or "defaults"
+            described.append(f"{index}: {count} tensor(s), {shown}")
+        print(f"  groups      {'; '.join(described)}")
     print(f"  schedule    {describe.call_text(setup[LR_SCHEDULER_KEY])}")
     print(f"  data        {data}")
     print(f"  graphs      {graphs}; opset {facts.opset}, IR {facts.ir_version} ({facts.runtime})")

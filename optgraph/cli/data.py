@@ -9,6 +9,7 @@ taken. Never imports torch.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,14 @@ def batch_specs(manifest: Manifest, graph: str = GraphName.TRAIN_STEP) -> list[T
     return [t for t in manifest.graphs[graph].inputs if not t.is_state]
 
 
-def read_arrays(path: Path) -> dict[str, np.ndarray]:
+def read_arrays(path: Path, flag: str) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` or ``.safetensors`` file, by name."""
     if path.suffix not in SUFFIXES:
-        raise UsageError(f"{path}: expected a .npz or .safetensors file")
+        raise UsageError(f"{flag} {path}: expected a .npz or .safetensors file")
     if not path.is_file():
-        raise UsageError(f"{path}: no such file")
+        raise UsageError(f"{flag} {path}: no such file")
+    if path.suffix == ".npz" and not zipfile.is_zipfile(path):
+        raise UsageError(f"{flag} {path}: not an .npz archive (numpy.savez writes one)")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -43,7 +46,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - a broken or foreign file: say which, in one line
-        raise UsageError(f"{path}: cannot read it as {path.suffix[1:]} ({type(e).__name__}: {e})") from None
+        raise UsageError(f"{flag} {path}: cannot read it as {path.suffix[1:]} ({type(e).__name__}: {e})") from None
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Dataset:
 def load(path: Path, manifest: Manifest, flag: str) -> Dataset:
     """Read a data file and check its names, sample counts, ranks, fixed sizes, dtypes and index ranges."""
     specs = batch_specs(manifest)
-    found = read_arrays(path)
+    found = read_arrays(path, flag)
     expected = [t.name for t in specs]
     takes = ", ".join(f"{t.role} {t.name!r} ({_describe(t)})" for t in specs)
     missing = [n for n in expected if n not in found]

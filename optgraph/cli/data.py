@@ -151,4 +151,4 @@ def check_first_batch(dataset: Dataset, manifest: Manifest, rows: np.ndarray, fl
     try:
         check_batch(dataset.specs, dataset.batch(rows), str(dataset.path), manifest.symbols)
     except InputError as e:
-        raise UsageError(f"{flag} {e}") from None
+        raise UsageError(f"{flag} {dataset.path}, a batch of {len(rows)}: {e}") from None

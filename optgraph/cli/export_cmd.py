@@ -25,22 +25,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{target} is a directory; -o takes the .onnx file to write")
     session = TrainingSession(source, providers=[CPU])
     written = session.export_inference(target)
-    inputs = ", ".join(f"{i.name} {_type(i)}" for i in _graph_io(written, "input"))
-    outputs = ", ".join(f"{o.name} {_type(o)}" for o in _graph_io(written, "output"))
+    inputs, outputs = _signature(written)
     print(f"exported {source} -> {written} (inputs {inputs}; outputs {outputs})")
     return 0
 
 
-def _graph_io(path: Path, which: str):
+def _signature(path: Path) -> tuple[str, str]:
+    """The model's inputs and outputs as ``name dtype[dims]`` lists."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return graph.input if which == "input" else graph.output
 
+    def describe(value) -> str:
+        tensor = value.type.tensor_type
+        dims = ", ".join(d.dim_param or str(d.dim_value) for d in tensor.shape.dim)
+        return f"{value.name} {onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)}[{dims}]"
 
-def _type(value) -> str:
-    import onnx
-
-    tensor = value.type.tensor_type
-    dims = [d.dim_param or str(d.dim_value) for d in tensor.shape.dim]
-    return f"{onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)}[{', '.join(dims)}]"
+    return ", ".join(map(describe, graph.input)), ", ".join(map(describe, graph.output))

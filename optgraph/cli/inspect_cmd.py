@@ -102,7 +102,7 @@ def render(report: dict[str, Any]) -> str:
     if len(groups) > 1 or (groups and _group_options(report, groups[0])):
         lines.append("")
         lines.append("parameter groups")
-        rows = [(str(g["index"]), f"lr {g['lr']:g}", _group_options(report, g), _names(g["params"])) for g in groups]
+        rows = [(str(g["index"]), f"{g['lr']:g}", _group_options(report, g), _names(g["params"])) for g in groups]
         lines += _table(["group", "lr", "options", "parameters"], rows)
     for name, graph in report["graphs"].items():
         lines.append("")

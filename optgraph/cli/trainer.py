@@ -204,6 +204,14 @@ def train(o: TrainOptions) -> TrainResult:
 
     first = _batches(data.samples, batch_size, drop_last, seed, 0)[0]
     datasets.check_first_batch(data, manifest, first, "--data")
+    validated = val is not None  # ReduceLROnPlateau steps on the validation loss, or on the training loss
+    if settings.saved.get("validated", validated) != validated:
+        raise UsageError(
+            "--val: the run being resumed validated on a --val file: give it again"
+            if not validated
+            else "--val: the run being resumed had no --val: resume without it"
+        )
+    settings.values["validated"] = validated
     names: list[str] = []
     if val is not None:
         datasets.check_first_batch(val, manifest, np.arange(min(batch_size, val.samples)), "--val")
@@ -228,7 +236,6 @@ def train(o: TrainOptions) -> TrainResult:
 
     from tqdm import tqdm
 
-    dirty = False
     warned = False
     with _Stop() as stop:
         for epoch in range(state["epoch"], epochs):
@@ -261,12 +268,10 @@ def train(o: TrainOptions) -> TrainResult:
                     lr_used = session.lr if every == UPDATE else lr_used
                     bar.set_postfix_str(f"loss {loss:.4f} lr {format_lr(lr_used)}", refresh=False)
                 state["batch"] = index + 1
-                dirty = True
                 bar.update(1)
                 steps_due = o.checkpoint_every_steps and state["batch"] % o.checkpoint_every_steps == 0
                 if stop.requested or steps_due:
                     committed = run.commit(session, settings.values, state, committed)
-                    dirty = False
                 if stop.requested:
                     bar.close()
                     return _stopped(result, run, state, names, o)
@@ -290,14 +295,11 @@ def train(o: TrainOptions) -> TrainResult:
             record["seconds"] = round(time.perf_counter() - started, 3)
             state["epochs"].append(record)
             state.update(epoch=epoch + 1, batch=0, epoch_start=len(state["losses"]), skipped=0)
-            dirty = True
             tqdm.write(epoch_line(record, epochs))
             if (epoch + 1) % o.checkpoint_every == 0 or epoch + 1 == epochs or stop.requested:
                 committed = run.commit(session, settings.values, state, committed)
-                dirty = False
             if stop.requested:
                 return _stopped(result, run, state, names, o)
-    assert not dirty
     result.plot = _plot(run, state, names, o)
     return result
 

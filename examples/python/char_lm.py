@@ -21,7 +21,7 @@ from optgraph import lr_scheduler, optim
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--quick", action="store_true", help="fewer steps (what the tests run)")
 args = parser.parse_args()
-steps, seq = (60, 32) if args.quick else (1500, 64)
+steps, seq = (30, 16) if args.quick else (1500, 64)
 
 
 def docstrings() -> str:

@@ -30,7 +30,7 @@ torch.manual_seed(0)
 backbone = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
 pretrain = nn.Sequential(backbone, nn.Linear(32, 2))
 opt = torch.optim.Adam(pretrain.parameters(), lr=1e-2)
-for _ in range(200):
+for _ in range(50 if args.quick else 300):
     rows = torch.from_numpy(rng.integers(0, 2000, 64))
     loss = nn.functional.cross_entropy(pretrain(torch.from_numpy(x)[rows]), torch.from_numpy(task_a)[rows])
     opt.zero_grad()

@@ -1,75 +1,13 @@
-"""Running the command line in the test process or in a child, and artifacts compiled once per worker."""
+"""Artifacts compiled once per worker, and data files, for the command-line tests (helpers: cli_helpers.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
-
-from optgraph.cli import main
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-FACTORIES = HERE / "factories.py"
-sys.path.insert(0, str(HERE))
-
-import factories  # noqa: E402
-
-
-@dataclass
-class Ran:
-    rc: int
-    out: str
-    err: str
-
-
-def cli(*args: str) -> Ran:
-    """``optgraph ARGS`` in this process, its output captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as e:  # argparse's own usage errors
-            rc = e.code
-    return Ran(rc, out.getvalue(), err.getvalue())
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a child process that imports this checkout's optgraph."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def child(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m optgraph ARGS`` in a child process."""
-    command = [sys.executable, "-m", "optgraph", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=child_env(), **kwargs)
-
-
-def one_line_error(ran, command: str) -> str:
-    """The error a command printed: exactly one line, starting with ``optgraph <command>:``."""
-    err = ran.err if isinstance(ran, Ran) else ran.stderr
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"optgraph {command}: "), lines[0]
-    return lines[0]
-
-
-ADAMW_FLAGS = [
-    "--optimizer", "adamw", "--lr", "1e-2", "--optimizer-arg", "betas=0.9,0.99",
-    "--param-group", "params=*.bias,*norm*;weight_decay=0",
-    "--scheduler", "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=2), CosineAnnealingLR(T_max=8)], "
-    "milestones=[2])",
-    "--clip-grad-norm", "1.0",
-]  # fmt: skip
+from cli_helpers import ADAMW_FLAGS, FACTORIES, cli
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import FACTORIES, cli, one_line_error
+from cli_helpers import FACTORIES, cli, one_line_error
 
 from optgraph import lr_scheduler, optim
 from optgraph.artifact import Artifact

@@ -7,8 +7,7 @@ import sys
 import time
 
 import pytest
-from conftest import child, child_env, cli, one_line_error
-from test_train import assert_falling_curve
+from cli_helpers import assert_falling_curve, child, child_env, cli, one_line_error
 
 from optgraph.cli import COMMANDS
 

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import cli, one_line_error
+from cli_helpers import cli, one_line_error
 
 import optgraph
 from optgraph.artifact import Artifact

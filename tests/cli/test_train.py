@@ -8,18 +8,16 @@ import subprocess
 import sys
 import time
 
+import factories
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, child_env, cli, factories, one_line_error
+from cli_helpers import ROOT, assert_falling_curve, child_env, cli, one_line_error
 from safetensors.numpy import load_file, save_file
 
 import optgraph
 from optgraph.artifact.names import CHECKPOINT_FILE
-from optgraph.cli.plot import EPOCH_COLOR
 from optgraph.cli.run_dir import RunDir
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def checkpoint_state(run) -> dict[str, np.ndarray]:
@@ -35,23 +33,6 @@ def assert_same_state(a, b) -> None:
 
 def progress(run) -> dict:
     return json.loads((run / "progress.json").read_text())["committed"]["state"]
-
-
-def assert_falling_curve(path) -> None:
-    """A real PNG whose stored series falls and whose drawn epoch line goes down from left to right."""
-    from PIL import Image
-
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    image = Image.open(path)
-    image.load()
-    series = json.loads(image.text["Description"])
-    assert series["epoch_loss"][-1] < series["epoch_loss"][0]
-    pixels = np.asarray(image.convert("RGB")).astype(int)
-    top = pixels[: int(pixels.shape[0] * 0.6)]  # the loss panel; the legend is at the bottom
-    color = np.array([int(EPOCH_COLOR[i : i + 2], 16) for i in (1, 3, 5)])
-    ys, xs = np.nonzero(np.abs(top - color).sum(axis=2) < 60)
-    assert len(xs) > 100, len(xs)
-    assert np.corrcoef(xs, ys)[0, 1] > 0.5  # image rows grow downwards: a falling line
 
 
 def test_train_reports_progress_validates_steps_the_schedule_and_plots(artifact, data_files, tmp_path):
@@ -272,5 +253,7 @@ def test_runs_are_not_overwritten_nor_resumed_from_nothing(artifact, data_files,
     assert ran.rc == 2 and "holds a training run already: pass --resume" in one_line_error(ran, "train")
     ran = cli("train", artifact, "--data", train, "--epochs", 2, "--out", out, "--resume", "--seed", 5)
     assert ran.rc == 2 and "--seed 5 differs from the run being resumed (0)" in one_line_error(ran, "train")
+    ran = cli("train", artifact, "--data", train, "--val", data_files[1], "--epochs", 2, "--out", out, "--resume")
+    assert ran.rc == 2 and "the run being resumed had no --val" in one_line_error(ran, "train")
     ran = cli("train", artifact, "--epochs", 1)
     assert ran.rc == 2 and "the following arguments are required: --data" in one_line_error(ran, "train")

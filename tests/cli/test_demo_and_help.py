@@ -52,3 +52,9 @@ def test_an_unknown_command_is_a_usage_error():
     ran = cli("fly")
     assert ran.rc == 2 and ran.err.count("\n") == 1
     assert ran.err.startswith("optgraph: argument COMMAND: invalid choice: 'fly'")
+
+
+def test_recover_with_nothing_to_recover_is_one_line(tmp_path):
+    # the repair itself is checked in tests/artifact/test_storage.py (a save killed between its renames)
+    ran = cli("recover", tmp_path)
+    assert ran.rc == 1 and "no interrupted save to recover" in one_line_error(ran, "recover")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
-import time
 
 import pytest
 from cli_helpers import assert_falling_curve, child, child_env, cli, one_line_error
@@ -13,11 +13,14 @@ from optgraph.cli import COMMANDS
 
 
 def test_the_demo_reaches_95_percent_in_under_a_minute(tmp_path):
-    started = time.perf_counter()
+    # the minute is measured in CPU time (the demo's own, user and system): the wall clock of a shared
+    # test machine depends on what else runs; on 2 idle cores the demo takes about 15 s
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = child("demo", "--out", tmp_path / "demo", "--progress", cwd=tmp_path)
-    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert elapsed < 60, elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 60, cpu
     accuracy = float(run.stdout.strip().splitlines()[-1].removeprefix("held-out accuracy: ").rstrip("%"))
     assert accuracy >= 95
     assert "epoch 12/12" in run.stdout and "epoch 1/12" in run.stderr  # the epoch lines and the progress bar

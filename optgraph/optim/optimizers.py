@@ -187,7 +187,7 @@ def _adam_family(o: dict[str, Any], scale: R.UpdateRule) -> list[R.UpdateRule]:
     chain = _gradient_rules(o, l2_decay=not decoupled)
     chain.append(scale)
     if decoupled and o["weight_decay"] != 0:
-        chain.append(R.AddWeightDecay(o["weight_decay"]))
+        chain.append(R.DecayParameter(o["weight_decay"]))
     chain.append(R.ScaleByLearningRate())
     return chain
 

@@ -4,7 +4,11 @@ A rule declares the state slots a parameter needs (``slots``: torch's slot
 name -> initial fill) and ``emit``s graph nodes that transform the running
 update ``u`` (it starts as the gradient) and the rule's own state. An
 optimizer is a chain of rules; the parameter update is ``param + u`` after the
-chain, and the only minus sign lives in :class:`ScaleByLearningRate`.
+chain (``param * s + u`` with decoupled weight decay), and the only minus sign
+lives in :class:`ScaleByLearningRate`. Rules that only multiply by a scalar
+say so (``factor``, :class:`Scaled`), and the chain multiplies those scalars
+together before one tensor-sized multiplication, as torch's ``addcdiv_(...,
+value=-lr / bias_correction1)`` does.
 
 Names say what a rule does to ``u``: ``ScaleBy...`` turns it into a direction
 that a later :class:`ScaleByLearningRate` scales, ``Add...``/``Trace...`` adjust
@@ -137,6 +141,13 @@ def adam_moments(ctx: UpdateContext, u: ir.Value, state: State, beta1: float, be
     return m, decayed_square_average(ctx, state["exp_avg_sq"], u, beta2)
 
 
+class Scaled(NamedTuple):
+    """An update ``value * factor`` whose float64 scalar ``factor`` :func:`emit_chain` has yet to apply."""
+
+    value: ir.Value
+    factor: ir.Value
+
+
 class ParamInfo(NamedTuple):
     """What a rule may know of a parameter when it declares its slots."""
 
@@ -190,8 +201,20 @@ class UpdateRule:
         """The state this rule keeps for ``param``: slot name -> a Slot, or a fill for a slot shaped like it."""
         return {}
 
-    def emit(self, ctx: UpdateContext, u: ir.Value, state: State) -> tuple[ir.Value, dict[str, ir.Value]]:
+    def emit(self, ctx: UpdateContext, u: ir.Value, state: State) -> tuple[ir.Value | Scaled, dict[str, ir.Value]]:
+        """The new update (or a :class:`Scaled` one, whose scalar factor the chain applies later) and state."""
         raise NotImplementedError
+
+    def factor(self, ctx: UpdateContext) -> ir.Value | None:
+        """For a rule whose whole effect is ``u * scalar``: that float64 scalar. :func:`emit_chain` then
+        multiplies it into the chain's pending factor instead of calling :meth:`emit`, so that consecutive
+        scalars meet each other before they meet a tensor (one tensor-sized pass instead of one each)."""
+        return None
+
+    def param_factor(self, ctx: UpdateContext) -> ir.Value | None:
+        """For a rule that scales the parameter before the update is added to it (decoupled weight decay,
+        torch's ``param.mul_(1 - lr * weight_decay)``): that float64 scalar; :meth:`emit` is not called."""
+        return None
 
     def after_update(self, ctx: UpdateContext, new_param: ir.Value, state: State) -> dict[str, ir.Value]:
         """State that depends on the updated parameter (ASGD's average); most rules have none."""
@@ -208,7 +231,7 @@ class Maximize(UpdateRule):
 
 @dataclass(frozen=True)
 class AddWeightDecay(UpdateRule):
-    """``u + weight_decay * param``: L2 decay first in a chain, decoupled decay after a scaling rule."""
+    """``u + weight_decay * param``: L2 decay, first in a chain (decoupled decay is :class:`DecayParameter`)."""
 
     weight_decay: float
 
@@ -233,10 +256,11 @@ class TraceMomentum(UpdateRule):
         buf = state["momentum_buffer"]
         decayed = b.op("Mul", buf, ctx.cycled_const(self.momentum))
         if self.dampening == 0:
-            later = b.op("Add", decayed, u)
+            # the buffer starts at zero, so on the first step this is the gradient itself, as torch's copy
+            new_buf = b.op("Add", decayed, u)
         else:
             later = b.op("Add", decayed, b.op("Mul", u, ctx.const(1.0 - self.dampening)))
-        new_buf = b.op("Where", ctx.first, u, later)
+            new_buf = b.op("Where", ctx.first, u, later)
         if self.nesterov:
             u = b.op("Add", u, b.op("Mul", new_buf, ctx.cycled_const(self.momentum)))
         else:
@@ -273,8 +297,9 @@ class ScaleByAdam(UpdateRule):
         denom = b.op(
             "Add", b.op("Div", b.op("Sqrt", v), ctx.to_param_dtype(bias_correction2_sqrt)), ctx.const(self.eps)
         )
-        direction = b.op("Div", b.op("Div", m, denom), ctx.to_param_dtype(bias_correction1))
-        return direction, new_state
+        # torch: param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1): 1 / bias_correction1 waits
+        # for the learning rate, and the two meet as one float32 factor
+        return Scaled(b.op("Div", m, denom), b.op("Div", ctx.double(1.0), bias_correction1)), new_state
 
 
 @dataclass(frozen=True)
@@ -643,9 +668,25 @@ class AdafactorUpdate(UpdateRule):
 class ScaleByLearningRate(UpdateRule):
     """``-lr * u``: the last rule of every chain, and the one place with a minus sign."""
 
+    def factor(self, ctx):
+        return ctx.builder.op("Neg", ctx.lr)
+
     def emit(self, ctx, u, state):
+        return ctx.builder.op("Mul", u, ctx.to_param_dtype(self.factor(ctx))), {}
+
+
+@dataclass(frozen=True)
+class DecayParameter(UpdateRule):
+    """Decoupled weight decay: ``param * (1 - lr * weight_decay)`` before the update is added (AdamW)."""
+
+    weight_decay: float
+
+    def param_factor(self, ctx):
         b = ctx.builder
-        return b.op("Mul", u, ctx.to_param_dtype(b.op("Neg", ctx.lr))), {}
+        return b.op("Sub", ctx.double(1.0), b.op("Mul", ctx.lr, ctx.double(self.weight_decay)))
+
+    def emit(self, ctx, u, state):
+        raise TypeError("DecayParameter scales the parameter, not the update: emit_chain applies its param_factor")
 
 
 def chain_slots(rules: Sequence[UpdateRule], param: ParamInfo) -> dict[str, np.ndarray]:
@@ -673,13 +714,35 @@ def packable(rules: Sequence[UpdateRule], param: ParamInfo) -> bool:
 def emit_chain(
     rules: Sequence[UpdateRule], ctx: UpdateContext, grad: ir.Value, state: State
 ) -> tuple[ir.Value, dict[str, ir.Value]]:
-    """Run a chain: returns the new parameter value and the new state slots."""
-    u = grad
+    """Run a chain: returns the new parameter value and the new state slots.
+
+    Scalar factors (a rule's :meth:`~UpdateRule.factor`, a :class:`Scaled` update) are multiplied together
+    in float64 and applied to the tensor once, where the next rule needs the tensor or at the end.
+    """
+    b = ctx.builder
+    u, factor, param_factor = grad, None, None
     new_state: dict[str, ir.Value] = {}
+
+    def times(x: ir.Value | None, y: ir.Value) -> ir.Value:
+        return y if x is None else b.op("Mul", x, y)
+
     for rule in rules:
+        if (scale := rule.factor(ctx)) is not None:
+            factor = times(factor, scale)
+            continue
+        if (scale := rule.param_factor(ctx)) is not None:
+            param_factor = times(param_factor, scale)
+            continue
+        if factor is not None:
+            u, factor = b.op("Mul", u, ctx.to_param_dtype(factor)), None
         u, rule_state = rule.emit(ctx, u, state)
+        if isinstance(u, Scaled):
+            u, factor = u
         new_state.update(rule_state)
-    new_param = ctx.builder.op("Add", ctx.param, u)
+    if factor is not None:
+        u = b.op("Mul", u, ctx.to_param_dtype(factor))
+    param = ctx.param if param_factor is None else b.op("Mul", ctx.param, ctx.to_param_dtype(param_factor))
+    new_param = b.op("Add", param, u)
     for rule in rules:
         new_state.update(rule.after_update(ctx, new_param, state))
     return new_param, new_state

@@ -153,6 +153,11 @@ CASES = [
         cycled=[0.95, 0.9, 0.85, 0.8, 0.85, 0.9],
     ),
     Case(
+        "decay-parameter",
+        sgd(R.ScaleByAdam(0.9, 0.999, 1e-8, False), R.DecayParameter(0.1)),
+        lambda: TorchStep("AdamW", weight_decay=0.1),
+    ),
+    Case(
         "scale-by-adagrad",
         sgd(R.ScaleByAdagrad(1e-6, 0.1)),
         lambda: TorchStep("Adagrad", eps=1e-6, initial_accumulator_value=0.1),

@@ -126,6 +126,17 @@ _ORT_TYPES = {
 }  # fmt: skip
 
 
+# session config entry: "1" keeps onnxruntime's memory pattern for the train step (see _inference_session)
+TRAIN_STEP_MEM_PATTERN = "optgraph.train_step_mem_pattern"
+
+
+def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # onnxruntime raises for a key that was never set
+        return None
+
+
 def _inference_session(
     model: bytes,
     options: ort.SessionOptions,
@@ -137,10 +148,11 @@ def _inference_session(
     prefix, mem_pattern = options.profile_file_prefix, options.enable_mem_pattern
     if options.enable_profiling:  # one profile per graph, named after it (the options are shared)
         options.profile_file_prefix = f"{prefix}_{name}"
-    if name == GraphName.TRAIN_STEP:
+    if name == GraphName.TRAIN_STEP and _config_entry(options, TRAIN_STEP_MEM_PATTERN) != "1":
         # A memory pattern plans one block for every intermediate of the step and keeps it; without it the
-        # arena reuses freed buffers. Measured (docs/benchmarks.md): peak RSS of the large MLP with AdamW
-        # 1,057 -> 751 MB, the MLP's 91 -> 86 MB, the CNN's 147 -> 124 MB, no slower.
+        # arena reuses freed buffers. Measured (docs/benchmarks.md): peak RSS with AdamW, large MLP 1,056 ->
+        # 751 MiB, CNN 148 -> 125, MLP 90 -> 86; step times within the noise of a busy machine (medians up
+        # to 5% slower). The config entry puts the pattern back for a user who wants those 5%.
         options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
@@ -247,7 +259,9 @@ class TrainingSession:
         artifact: an :class:`~optgraph.artifact.Artifact` or the path of an artifact directory.
         providers: onnxruntime execution providers, names or ``(name, options)`` pairs as
             ``onnxruntime.InferenceSession`` takes them; None picks CUDA when available, else CPU.
-        session_options: onnxruntime session options (threads, profiling) for every graph.
+        session_options: onnxruntime session options (threads, profiling) for every graph. The train step
+            runs without onnxruntime's memory pattern (less memory; see docs/benchmarks.md) unless the
+            options carry ``add_session_config_entry("optgraph.train_step_mem_pattern", "1")``.
         provider_options: one options dict per provider, as ``onnxruntime.InferenceSession`` takes them.
     """
 

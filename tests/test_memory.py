@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,3 +58,46 @@ def test_opening_an_artifact_holds_the_state_once(tmp_path):
     )
     grown = float(run.stdout.split()[-1])
     assert grown < 1.3 * state_mb + 15, f"opening grew the peak RSS by {grown:.0f} MiB for {state_mb:.0f} MiB of state"
+
+
+@pytest.fixture(scope="module")
+def small_artifact(tmp_path_factory):
+    import torch
+    from torch import nn
+
+    import optgraph
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("small") / "a"
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    optgraph.compile(model, (torch.randn(4, 8),), (torch.tensor([0, 1, 2, 0]),), nn.CrossEntropyLoss()).save(folder)
+    return folder
+
+
+def test_the_train_step_runs_without_a_memory_pattern_unless_asked(small_artifact):
+    import onnxruntime as ort
+
+    import optgraph
+    from optgraph.session import TRAIN_STEP_MEM_PATTERN
+
+    def patterns(options):
+        session = optgraph.TrainingSession(small_artifact, providers=["CPUExecutionProvider"], session_options=options)
+        return {name: r.session.get_session_options().enable_mem_pattern for name, r in session._runners.items()}
+
+    assert patterns(None) == {"train_step": False, "scheduler_step": True, "eval": True}
+    options = ort.SessionOptions()
+    assert patterns(options) == {"train_step": False, "scheduler_step": True, "eval": True}
+    assert options.enable_mem_pattern, "the caller's options are left as they were"
+    options.add_session_config_entry(TRAIN_STEP_MEM_PATTERN, "1")
+    assert patterns(options) == {"train_step": True, "scheduler_step": True, "eval": True}
+
+
+def test_train_memory_tool_reports_every_stage(small_artifact):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.train_memory", str(small_artifact), "--batch", "4", "--steps", "3"],
+        capture_output=True, text=True, env=env, check=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    report = json.loads(run.stdout.splitlines()[-1])
+    assert {"imports", "open", "first step", "after 3 more"} <= report.keys()
+    assert report["open"][1] >= report["imports"][1] > 0 and report["median_step_ms"] > 0

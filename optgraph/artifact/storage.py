@@ -183,6 +183,11 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask; ``mkstemp`` makes files private instead."""
+    return 0o666 & ~_umask()
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``. An existing ``target`` ends up under the staging name, then is removed."""
     if not target.exists():

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from optgraph.artifact.storage import new_file_mode
+
 STEP_COLOR = "#9ecae1"
 EPOCH_COLOR = "#d62728"
 VAL_COLOR = "#2ca02c"
@@ -59,6 +61,7 @@ def plot_losses(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())  # as a plain write would make it, not mkstemp's private mode
     try:
         fig.savefig(tmp, format="png", metadata=metadata)
         os.replace(tmp, path)

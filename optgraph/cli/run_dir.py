@@ -24,6 +24,7 @@ from typing import Any
 
 from optgraph.artifact import Manifest
 from optgraph.artifact.names import CHECKPOINT_FILE, GRAPH_FILES, MANIFEST_FILE, SHA256_KEY
+from optgraph.artifact.storage import new_file_mode
 from optgraph.cli.errors import UsageError
 from optgraph.errors import ArtifactError
 
@@ -115,6 +116,7 @@ class RunDir:
     def _write(self, body: dict[str, Any]) -> None:
         text = json.dumps({"format": FORMAT, "version": VERSION, **body})
         fd, tmp = tempfile.mkstemp(prefix=f".{PROGRESS_FILE}.", dir=self.root)
+        os.chmod(tmp, new_file_mode())  # as a plain write would make it, not mkstemp's private mode
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)

@@ -1,4 +1,4 @@
-"""rewrite_training on a hand-built capture: the three graphs, every role, the new state, meta, and the pass order."""
+"""rewrite_training on a hand-built capture: the graphs, every role, the new state, meta, and the pass order."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from optgraph import lr_scheduler, optim
 from optgraph.artifact.names import (
     EPOCH,
+    FINITE,
     LOSS,
     METRIC,
     MICRO_STEP,
@@ -82,11 +83,18 @@ def io(model: ir.Model) -> tuple[list[str], list[str]]:
 def test_graphs_and_their_names(Captured):
     captured, result = rewrite(Captured)
     assert isinstance(result, TrainingGraphs)
-    assert list(result.graphs) == [GraphName.TRAIN_STEP, GraphName.SCHEDULER_STEP, GraphName.EVAL]
-    assert [str(name) for name in result.graphs] == ["train_step", "scheduler_step", "eval"]
-    assert result.graphs[GraphName.SCHEDULER_STEP].graph.name == GraphName.SCHEDULER_STEP.value
-    for name in (GraphName.TRAIN_STEP, GraphName.EVAL):
-        source = captured.train if name == GraphName.TRAIN_STEP else captured.eval
+    assert list(result.graphs) == [
+        GraphName.TRAIN_STEP,
+        GraphName.SCHEDULER_STEP,
+        GraphName.EVAL,
+        GraphName.GRAD_STEP,
+        GraphName.UPDATE_STEP,
+    ]
+    assert [str(name) for name in result.graphs] == ["train_step", "scheduler_step", "eval", "grad_step", "update_step"]
+    for name in (GraphName.SCHEDULER_STEP, GraphName.GRAD_STEP, GraphName.UPDATE_STEP):
+        assert result.graphs[name].graph.name == name.value
+    for name in (GraphName.TRAIN_STEP, GraphName.EVAL, GraphName.GRAD_STEP):
+        source = captured.eval if name == GraphName.EVAL else captured.train
         assert result.graphs[name] is not source and result.graphs[name].graph is not source.graph
     assert [g.params for g in result.groups] == [tuple(TRAINABLE)]
 
@@ -117,6 +125,7 @@ def expected_roles(slots, steps=1, plateau=False):
     if plateau:
         roles |= {schedule_state_name(n): Role.SCHEDULE_STATE for n in ("best", "num_bad_epochs", "cooldown_counter")}
         roles[METRIC] = Role.INPUT
+    roles |= {grad_name(p): Role.GRAD for p in TRAINABLE} | {FINITE: Role.STATUS}
     return roles | {LOSS: Role.LOSS, UPDATE_APPLIED: Role.STATUS} | {n: Role.OUTPUT for n in OUTPUTS}
 
 
@@ -134,7 +143,13 @@ def test_roles_new_state_and_meta(Captured, optimizer, slots, schedule, steps):
     plateau = isinstance(schedule, lr_scheduler.ReduceLROnPlateau)
     roles = expected_roles(slots, steps, plateau)
     assert result.roles == roles
-    captured_names = set(DATA + TARGETS + TRAINABLE + FROZEN + BUFFERS + OUTPUTS) | {LOSS, UPDATE_APPLIED, METRIC}
+    captured_names = set(DATA + TARGETS + TRAINABLE + FROZEN + BUFFERS + OUTPUTS) | {
+        LOSS,
+        UPDATE_APPLIED,
+        METRIC,
+        FINITE,
+    }
+    captured_names |= {grad_name(p) for p in TRAINABLE}
     assert set(result.new_state) == set(roles) - captured_names
     state = initial_state()
     for name, tensor in result.new_state.items():
@@ -148,7 +163,7 @@ def test_roles_new_state_and_meta(Captured, optimizer, slots, schedule, steps):
     assert result.new_state[SCHEDULE_LR].init.tolist() == [0.1 if isinstance(optimizer, optim.SGD) else 0.01]
     assert result.new_state[STEP_COUNTER].init == 0 and result.new_state[EPOCH].init == 0
     meta = {p: {TRAINABLE_KEY: True} for p in TRAINABLE} | {p: {TRAINABLE_KEY: False} for p in FROZEN}
-    meta |= {n: {} for n in result.new_state}
+    meta |= {n: {} for n in result.new_state} | {grad_name(p): {PARAM_KEY: p} for p in TRAINABLE}
     meta |= {optim_pack_slot_name(s, 0, 0): {PACKED_KEY: TRAINABLE, SLOT_KEY: s} for s in slots}
     if steps > 1:
         meta |= {accumulator_name(p): {PARAM_KEY: p} for p in TRAINABLE}

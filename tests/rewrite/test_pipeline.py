@@ -334,3 +334,44 @@ def test_the_rewrite_layer_does_not_import_torch():
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("steps", [1, 2], ids=["update-every-call", "accumulate-2"])
+def test_grad_step_then_update_step_is_the_train_step(Captured, steps):
+    """The split graphs, run as one rank runs them (update_step on updating calls only), give train_step's state."""
+    _, result = rewrite(Captured, optim.Adam(lr=0.01), lr_scheduler.StepLR(1), clip=0.3, steps=steps)
+    train, grad, update = (
+        Runner(result.graphs[n]) for n in (GraphName.TRAIN_STEP, GraphName.GRAD_STEP, GraphName.UPDATE_STEP)
+    )
+    fused = split = initial_state() | {n: t.init for n, t in result.new_state.items()}
+    assert {v.name for v in result.graphs[GraphName.UPDATE_STEP].graph.inputs} >= {grad_name(p) for p in TRAINABLE}
+    for call in range(6):
+        feeds = batch(40 + call)
+        expected = train(fused | feeds)
+        fused = advance(fused, expected)
+        got = grad(split | feeds)
+        assert got[FINITE] and got[LOSS] == expected[LOSS]
+        if (call + 1) % steps == 0:
+            updated = update(split | {grad_name(p): got[grad_name(p)] for p in TRAINABLE})
+            assert updated[UPDATE_APPLIED]
+            got |= updated
+        split = advance(split, got)
+        for name, value in fused.items():
+            assert split[name].tobytes() == value.tobytes(), f"{name} after call {call}"
+
+
+def test_the_split_graphs_take_their_names_from_the_contract(Captured):
+    _, result = rewrite(Captured, clip=1.0, steps=2)
+    grad_inputs, grad_outputs = io(result.graphs[GraphName.GRAD_STEP])
+    update_inputs, update_outputs = io(result.graphs[GraphName.UPDATE_STEP])
+    gradients = [grad_name(p) for p in TRAINABLE]
+    assert [n for n in grad_outputs if n in gradients] == gradients and grad_outputs[-1] == FINITE
+    assert update_inputs[: len(gradients)] == gradients and update_outputs[-1] == UPDATE_APPLIED
+    assert update_inputs[len(gradients) : len(gradients) + len(TRAINABLE)] == TRAINABLE
+    assert result.in_place[GraphName.GRAD_STEP] == frozenset(), "kept only once the ranks agree"
+    assert {next_name(p) for p in TRAINABLE} <= result.in_place[GraphName.UPDATE_STEP]
+    for model in (result.graphs[GraphName.GRAD_STEP], result.graphs[GraphName.UPDATE_STEP]):
+        names = [v.name for node in model.graph.all_nodes() for v in node.outputs]
+        assert len(names) == len(set(names)), "ONNX values are named once"
+    update_values = {v.name for node in result.graphs[GraphName.UPDATE_STEP].graph.all_nodes() for v in node.outputs}
+    assert not update_values & set(gradients), "in update_step the gradient names are the inputs'"

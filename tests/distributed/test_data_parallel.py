@@ -270,3 +270,26 @@ def test_a_killed_rank_leaves_a_loadable_checkpoint_and_three_ranks_resume_it(ar
         session, losses, lrs = reference(saved, data, 3, 4, 6, first_epoch=1, scheduler_step=False)
         assert_same_run(resumed, session, losses, lrs)
     assert int(Artifact.load(tmp_path / "ckpt-1").state[STEP_COUNTER]) == 1
+
+
+# -- the example script: what `optgraph train` will do under mpiexec ---------------------------------------
+
+
+def test_the_example_trains_under_mpiexec_and_alone(artifacts, tmp_path):
+    from safetensors.numpy import save_file
+
+    folder, data, _ = artifacts[_mlp_case]
+    save_file(data, str(tmp_path / "data.safetensors"))
+    script = ROOT / "examples" / "data_parallel.py"
+    args = [str(folder / "artifact"), str(tmp_path / "data.safetensors"), "--epochs", "2", "--batch-size", "4"]
+    run = launch(script, 2, [*args, "--save", str(tmp_path / "two")])
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["step"] for line in lines[:-1]] == list(range(10)), "rank 0 alone prints: 20 samples a rank, 2 epochs"
+    assert lines[-1] == {"saved": str(tmp_path / "two"), "processes": 2, "steps": 10}
+    assert int(Artifact.load(tmp_path / "two").state[STEP_COUNTER]) == 5
+    alone = subprocess.run(
+        [sys.executable, str(script), *args, "--save", str(tmp_path / "one")],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads(alone.stdout.splitlines()[-1]) == {"saved": str(tmp_path / "one"), "processes": 1, "steps": 20}

@@ -293,3 +293,22 @@ def test_the_example_trains_under_mpiexec_and_alone(artifacts, tmp_path):
     )  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert json.loads(alone.stdout.splitlines()[-1]) == {"saved": str(tmp_path / "one"), "processes": 1, "steps": 20}
+
+
+def test_the_allreduce_overhead_tool_on_its_smallest_workload(tmp_path):
+    mpiexec()  # skips (fails in CI) without mpi4py and a launcher
+    out = tmp_path / "overhead.json"
+    command = [sys.executable, "-m", "tools.allreduce_overhead", "--model", "mlp", "--batch", "8", "--ranks", "1", "2"]
+    run = subprocess.run(
+        [*command, "--steps", "2", "--warm-up", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| ranks | threads a rank | step, ms | in Allreduce, ms |" in run.stdout
+    results = json.loads(out.read_text())
+    assert results["fused_step_ms"] > 0 and [r["ranks"] for r in results["runs"]] == [1, 2]
+    gradient_bytes = 4 * (784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10)
+    for run in results["runs"]:
+        assert len(run["per_rank"]) == run["ranks"]
+        for rank in run["per_rank"]:
+            assert rank["gradient_bytes"] == gradient_bytes and rank["bytes_per_step"] == gradient_bytes + 24

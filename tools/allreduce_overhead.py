@@ -10,8 +10,9 @@ Compiles a workload of ``tools/benchmark.py`` (default the large MLP, 1024-4096-
 torch DDP counts batches), and reads its ``comm_stats`` around every step. Printed per rank count, as
 medians over the timed steps and the worst rank: the whole step, the time inside ``Allreduce`` (the
 gradient buckets and the small per-step call with the loss; waiting for the slowest rank is included),
-the bytes each rank reduced, and the fused ``TrainingSession`` step of one process with all the cores
-for comparison (the split into two graphs costs the difference at one rank).
+the bytes each rank reduced, the time of the gradient buckets' ``Allreduce`` calls alone (the ranks
+started together after a barrier, times 1/N included: what the transfer costs without the waiting), and
+the fused ``TrainingSession`` step of one process with all the cores for comparison.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def worker(args) -> None:
         steps.append((end - start) * 1e3)
         reduce_ms.append((after.allreduce_seconds - before.allreduce_seconds) * 1e3)
         reduced.append(after.allreduce_bytes - before.allreduce_bytes)
+    # the reduction alone: the ranks start it together, so no rank waits for another's backward
+    alone = []
+    for _ in range(args.steps):
+        session._comm.Barrier()
+        start = time.perf_counter()
+        session._gradients.average(session._comm, session._scale, lambda call, nbytes: call())
+        alone.append((time.perf_counter() - start) * 1e3)
     gradient_bytes = session._gradients.nbytes
     report = {
         "rank": session.rank,
@@ -77,6 +85,7 @@ def worker(args) -> None:
         "threads": session._runners[GraphName.GRAD_STEP].session.get_session_options().intra_op_num_threads,
         "step_ms": statistics.median(steps),
         "allreduce_ms": statistics.median(reduce_ms),
+        "allreduce_alone_ms": statistics.median(alone),
         "bytes_per_step": statistics.median(reduced),
         "gradient_bytes": gradient_bytes,
         "buckets": len(session._gradients.buckets),
@@ -154,15 +163,18 @@ def main() -> None:
             results["runs"].append({"ranks": ranks, "per_rank": per_rank})
     print(f"## All-reduce per step: {args.model}, batch {args.batch} per rank, AdamW ({os.cpu_count()} cores)\n")
     print(f"fused TrainingSession, one process, all cores: {results['fused_step_ms']:.1f} ms a step\n")
-    print("| ranks | threads a rank | step, ms | in Allreduce, ms | share | reduced a step, MB | buckets |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| ranks | threads a rank | step, ms | in Allreduce, ms | share | reduced a step, MB | buckets | reduce alone, ms |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in results["runs"]:
         worst = max(run["per_rank"], key=lambda r: r["step_ms"])
         slowest_reduce = max(r["allreduce_ms"] for r in run["per_rank"])
         mb = np.median([r["bytes_per_step"] for r in run["per_rank"]]) / 1e6
+        alone = max(r["allreduce_alone_ms"] for r in run["per_rank"])
         print(
             f"| {run['ranks']} | {worst['threads']} | {worst['step_ms']:.1f} | {slowest_reduce:.1f} | "
-            f"{slowest_reduce / worst['step_ms']:.0%} | {mb:.1f} | {worst['buckets']} |"
+            f"{slowest_reduce / worst['step_ms']:.0%} | {mb:.1f} | {worst['buckets']} | {alone:.1f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -304,7 +304,9 @@ def test_the_allreduce_overhead_tool_on_its_smallest_workload(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "| ranks | threads a rank | step, ms | in Allreduce, ms |" in run.stdout
+    assert (
+        "| ranks | threads a rank | step, ms | in Allreduce, ms |" in run.stdout and "reduce alone, ms |" in run.stdout
+    )
     results = json.loads(out.read_text())
     assert results["fused_step_ms"] > 0 and [r["ranks"] for r in results["runs"]] == [1, 2]
     gradient_bytes = 4 * (784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10)

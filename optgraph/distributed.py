@@ -58,7 +58,9 @@ from optgraph.devices import CPU_DEVICE, can_allocate, state_device
 from optgraph.errors import ArtifactError, InputError, NonFiniteError, OptgraphError, RunError
 from optgraph.session import ORT_ERRORS, TrainingSession, _GraphRunner, _StateStore, default_providers
 
-__all__ = ["CommStats", "DataParallelSession", "PeerError", "launched_ranks", "shard", "training_session"]
+__all__ = [
+    "CommStats", "DataParallelSession", "PeerError", "any_rank", "deal", "launched_ranks", "shard", "training_session",
+]  # fmt: skip
 
 #: the graphs a data-parallel session runs (train_step is kept only to be saved)
 _GRAPHS = (GraphName.GRAD_STEP, GraphName.UPDATE_STEP, GraphName.SCHEDULER_STEP, GraphName.EVAL)
@@ -142,30 +144,63 @@ def shard(
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if num_samples < 0:
         raise ValueError(f"num_samples must be non-negative, got {num_samples}")
-    if rank is None or world_size is None:
-        default_rank, default_size = _world()
-        rank = default_rank if rank is None else rank
-        world_size = default_size if world_size is None else world_size
-    if not isinstance(world_size, (int, np.integer)) or world_size < 1:
-        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
-    if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-        raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {world_size - 1}]")
-    n = int(num_samples)
+    rank, world_size = _rank_and_size(rank, world_size)  # checked before a long shuffle
+    order = _randperm(int(num_samples), int(seed) + int(epoch)) if shuffle else list(range(int(num_samples)))
+    return deal(order, rank, world_size, drop_last=drop_last)
+
+
+def deal(
+    order: Sequence[int] | np.ndarray,
+    rank: int | None = None,
+    world_size: int | None = None,
+    *,
+    drop_last: bool = False,
+) -> np.ndarray:
+    """One rank's share of an epoch's sample order, padded and dealt out as ``DistributedSampler`` does.
+
+    :func:`shard` is this on torch's permutation; a trainer with an order of its own (its own shuffle,
+    its own resume positions) deals that one out instead. The order is padded by repeating its first
+    entries to ``ceil(len(order) / world_size)`` entries a rank (with ``drop_last``, cut to ``floor``),
+    and rank r takes positions r, r + world_size, ...
+
+    Args:
+        order: the epoch's sample indices, the same on every rank.
+        rank, world_size: as for :func:`shard`.
+        drop_last: cut the tail instead of padding.
+
+    Returns:
+        An int64 array: this rank's indices, in the order's order.
+    """
+    rank, world_size = _rank_and_size(rank, world_size)
+    indices = [int(i) for i in order]
+    n = len(indices)
     if drop_last and n % world_size != 0:
         per_rank = math.ceil((n - world_size) / world_size)
     else:
         per_rank = math.ceil(n / world_size)
     total = per_rank * world_size
-    indices = _randperm(n, int(seed) + int(epoch)) if shuffle else list(range(n))
     if not drop_last:
-        padding = total - len(indices)
-        if padding <= len(indices):
+        padding = total - n
+        if padding <= n:
             indices += indices[:padding]
         else:
-            indices += (indices * math.ceil(padding / len(indices)))[:padding]
+            indices += (indices * math.ceil(padding / n))[:padding]
     else:
         indices = indices[:total]
     return np.asarray(indices[rank:total:world_size], dtype=np.int64).reshape(-1)
+
+
+def _rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """``rank`` and ``world_size`` checked, each taken from ``MPI.COMM_WORLD`` where None."""
+    if rank is None or world_size is None:
+        default_rank, default_size = _world()
+        rank = default_rank if rank is None else rank
+        world_size = default_size if world_size is None else world_size
+    if not isinstance(world_size, (int, np.integer)) or isinstance(world_size, bool) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 0 <= rank < world_size:
+        raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {world_size - 1}]")
+    return int(rank), int(world_size)
 
 
 def _randperm(n: int, seed: int) -> list[int]:
@@ -229,6 +264,19 @@ def training_session(artifact: Artifact | str | os.PathLike, **options) -> Train
         return DataParallelSession(artifact, **options)
     plain = {k: v for k, v in options.items() if k not in ("bucket_cap_mb", "gradient_transfer")}
     return TrainingSession(artifact, **plain)
+
+
+def any_rank(flag: bool, session: TrainingSession) -> bool:
+    """Whether ``flag`` is true on any rank of ``session``: a decision every rank takes together. Collective.
+
+    For what one rank may learn alone and every rank must act on at the same step, such as a stop that
+    a signal asked for (``mpiexec`` passes SIGINT and SIGTERM to every rank, but each may see it at
+    another step). A plain :class:`~optgraph.TrainingSession` is a world of one: ``flag`` itself.
+    """
+    if not isinstance(session, DataParallelSession):
+        return bool(flag)
+    MPI = _mpi()
+    return bool(session._comm.allreduce(bool(flag), op=MPI.LOR))
 
 
 # -- the graphs' runners ----------------------------------------------------------------------------------

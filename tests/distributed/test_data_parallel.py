@@ -140,7 +140,13 @@ def _transformer_case():
 
 CASES = {
     # name: (model case, ranks, per-rank batch, transfer, breaks)
-    "mlp-2ranks-nan-and-bad-batch": (_mlp_case, 2, 4, "auto", {"nan_at": 5, "nan_rank": 1, "bad_batch_at": 8}),
+    "mlp-2ranks-nan-and-bad-batch": (
+        _mlp_case,
+        2,
+        4,
+        "auto",
+        {"nan_at": 5, "nan_rank": 1, "bad_batch_at": 8, "flag_at": {"rank": 1, "step": 3}},
+    ),  # fmt: skip
     "mlp-3ranks-uneven-staged": (_mlp_case, 3, 4, "staged", {}),  # 14 samples a rank: batches 4, 4, 4, 2
     "transformer-2ranks": (_transformer_case, 2, 3, "auto", {}),
     "transformer-3ranks-uneven": (_transformer_case, 3, 3, "auto", {}),  # 8 samples a rank: 3, 3, 2
@@ -170,18 +176,23 @@ def artifacts(tmp_path_factory):
 def test_ranks_train_as_one_big_batch(artifacts, tmp_path, case):
     """10 AdamW updates (20 calls, 2 per update) with clipping: N ranks x b = 1 process x N*b, every rank alike.
 
-    The MLP run also has a NaN batch on rank 1 (every rank skips that step) and a short batch on rank 0
-    (InputError there, PeerError on the other rank, nothing changes anywhere): 22 calls then.
+    The MLP run also has a NaN batch on rank 1 (every rank skips that step), a short batch on rank 0
+    (InputError there, PeerError on the other rank, nothing changes anywhere): 22 calls then; and a flag
+    that rank 1 alone raises, which any_rank gives every rank at the same step.
     """
     make, ranks, batch_size, transfer, breaks = CASES[case]
     folder, data, flatten = artifacts[make]
+    breaks = dict(breaks)
     steps = 20 + sum(1 for key in ("nan_at", "bad_batch_at") if key in breaks)
     results = run_workers(
         tmp_path, ranks, artifact=str(folder / "artifact"), data=str(folder / "data.npz"), batch_size=batch_size,
         steps=steps, transfer=transfer, flatten=list(flatten), **breaks,
     )  # fmt: skip
+    flag = breaks.pop("flag_at", None)
     session, losses, lrs = reference(folder / "artifact", data, ranks, batch_size, steps, flatten=flatten, **breaks)
     assert_same_run(results, session, losses, lrs, bad_rank=breaks.get("bad_rank", 0))
+    for result in results:  # what one rank saw, every rank acts on at the same step
+        assert result["agreed"].tolist() == ([flag["step"]] if flag else [])
     stats = results[0]
     gradient_bytes = sum(v.nbytes for k, v in session.state_dict().items() if k in session.optimizer_state_dict())
     assert stats["stats/steps"] == steps

@@ -90,3 +90,19 @@ def test_rank_and_world_default_to_a_single_process_outside_mpiexec():
 def test_bad_arguments_are_refused(kwargs, error, message):
     with pytest.raises(error, match=message):
         distributed.shard(**kwargs)
+
+
+@pytest.mark.parametrize("world, drop_last", [(3, False), (3, True), (4, False), (7, False)])
+def test_deal_pads_and_deals_any_order_as_distributed_sampler(world, drop_last):
+    order = np.random.default_rng(5).permutation(10)  # a trainer's own shuffle
+    for rank in range(world):
+        sampler = DistributedSampler(range(10), world, rank, shuffle=False, drop_last=drop_last)
+        assert distributed.deal(order, rank, world, drop_last=drop_last).tolist() == [order[i] for i in sampler]
+    assert (
+        distributed.shard(10, 1, 2, 0, world).tolist()
+        == distributed.deal(distributed._randperm(10, 3), 0, world).tolist()
+    )
+
+
+def test_any_rank_of_a_plain_session_is_the_flag_itself():
+    assert distributed.any_rank(True, object()) is True and distributed.any_rank(0, object()) is False

@@ -38,7 +38,7 @@ def main(config_path: str) -> None:
     names = [*session.manifest.extra["data_inputs"], *session.manifest.extra["targets"]]
     arrays = [data[name] for name in names]
     batch_size, steps, step = config["batch_size"], config["steps"], 0
-    losses, states, lrs = [], [], []
+    losses, states, lrs, agreed = [], [], [], []
     kill = config.get("kill")  # {"rank": r, "at_save": k}: that rank kills itself as it enters its k-th save
     saves = 0
     epoch = config.get("first_epoch", 0)
@@ -61,6 +61,9 @@ def main(config_path: str) -> None:
                 losses.append(REFUSED_HERE)
             except distributed.PeerError:
                 losses.append(REFUSED_ELSEWHERE)
+            flag = config.get("flag_at")  # {"rank": r, "step": s}: a stop that one rank alone saw
+            if flag and distributed.any_rank(rank == flag["rank"] and step == flag["step"], session):
+                agreed.append(step)
             step += 1
             if config.get("record_every_step"):
                 states.append(session.state_dict())
@@ -77,7 +80,7 @@ def main(config_path: str) -> None:
         if config.get("scheduler_step", True):
             session.scheduler_step()
         lrs.append(session.lr)
-    out = {"losses": np.array(losses), "lrs": np.array(lrs, dtype=np.float64)}
+    out = {"losses": np.array(losses), "lrs": np.array(lrs, dtype=np.float64), "agreed": np.array(agreed, np.int64)}
     final = session.state_dict()
     out |= {f"state/{k}": v for k, v in final.items()}
     for i, state in enumerate(states):

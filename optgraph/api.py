@@ -124,7 +124,11 @@ def build_artifact(
     schedule = schedules.NoSchedule() if lr_scheduler is None else lr_scheduler
     rewritten = rewrite_training(captured, optimizer, schedule, clip_grad_norm, grad_accumulation_steps)
 
-    ranges = {GraphName.TRAIN_STEP: captured.train_index_ranges, GraphName.EVAL: captured.eval_index_ranges}
+    ranges = {
+        GraphName.TRAIN_STEP: captured.train_index_ranges,
+        GraphName.GRAD_STEP: captured.train_index_ranges,
+        GraphName.EVAL: captured.eval_index_ranges,
+    }
     graphs = {}
     for name, model in rewritten.graphs.items():
         meta = rewritten.meta | {n: {INDEX_RANGE_KEY: r.to_json()} for n, r in ranges.get(name, {}).items()}
@@ -170,7 +174,7 @@ def _graph_spec(file: str, model: ir.Model, roles: dict, meta: dict, in_place: f
             flags = {IN_PLACE_KEY: True} if v.name in in_place else {}
             outputs.append(TensorSpec(v.name, fed.role, fed.dtype, list(fed.shape), feeds=fed.name, meta=flags))
         else:
-            outputs.append(TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v)))
+            outputs.append(TensorSpec(v.name, roles[v.name], _dtype_name(v), _shape(v), meta=meta.get(v.name, {})))
     return GraphSpec(file, list(inputs.values()), outputs)
 
 

@@ -2,7 +2,8 @@
 
 artifact (names, manifest, checks, storage) -> graph (the builder) -> optim and lr_scheduler (rules and
 schedules) -> rewrite (the passes) -> api; capture sits beside them and alone imports torch; the session
-and batch checks use the artifact layer only. Imports under ``if TYPE_CHECKING:`` are for annotations
+and batch checks use the artifact layer only; distributed (data-parallel training) builds on the session
+and alone imports mpi4py. Imports under ``if TYPE_CHECKING:`` are for annotations
 and do not count.
 """
 
@@ -28,8 +29,13 @@ ALLOWED = {
     "devices": {"errors"},
     "inference": {"artifact", "errors"},
     "session": {"artifact", "batch", "devices", "errors", "inference"},
+    "distributed": {"artifact", "batch", "devices", "errors", "session"},
 }
-THIRD_PARTY_ONLY_IN = {"torch": {"capture", "api", "demo", "cli"}, "onnxruntime": {"session", "devices", "inference"}}
+THIRD_PARTY_ONLY_IN = {
+    "torch": {"capture", "api", "demo", "cli"},
+    "onnxruntime": {"session", "devices", "inference", "distributed"},
+    "mpi4py": {"distributed"},
+}
 
 
 def _layer(path: Path) -> str:

@@ -116,7 +116,8 @@ def test_save_writes_a_complete_artifact(cnn_artifact, tmp_path):
     session.step(*_batches(1)[0])
     target = session.save(tmp_path / "out")
     assert sorted(p.name for p in target.iterdir()) == [
-        "checkpoint.safetensors", "eval.onnx", "manifest.json", "scheduler_step.onnx", "train_step.onnx",
+        "checkpoint.safetensors", "eval.onnx", "grad_step.onnx", "manifest.json", "scheduler_step.onnx",
+        "train_step.onnx", "update_step.onnx",
     ]  # fmt: skip
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["format"] == "optgraph-artifact" and manifest["version"] == 1

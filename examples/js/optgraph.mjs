@@ -11,6 +11,9 @@ export const VERSION = 1;
 export const MANIFEST_FILE = "manifest.json";
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
 export const SHA256_KEY = "sha256"; // manifest key: {file name: hex sha256} of the graphs and the checkpoint
+// The graphs this session runs. An artifact may hold more (grad_step and update_step, the train step split
+// for data-parallel training): a session keeps their bytes, to save them, but does not load them.
+export const SESSION_GRAPHS = ["train_step", "scheduler_step", "eval"];
 
 // safetensors dtype -> [onnxruntime tensor type, typed array]
 const DTYPES = {
@@ -248,7 +251,9 @@ export class TrainingSession {
       state.set(name, new ort.Tensor(t.type, t.data, t.dims));
     }
     const sessions = {};
-    for (const [name, spec] of Object.entries(manifest.graphs)) {
+    for (const name of SESSION_GRAPHS) {
+      const spec = manifest.graphs[name];
+      if (!spec) throw new Error(`${MANIFEST_FILE}: no graph '${name}'`);
       if (!graphs[name]) throw new Error(`${spec.file}: missing`);
       sessions[name] = await ort.InferenceSession.create(graphs[name], options);
       for (const input of spec.inputs) {

@@ -12,14 +12,14 @@ from safetensors.numpy import save as save_safetensors
 from optgraph.artifact.checkpoint_file import read_checkpoint
 from optgraph.artifact.checks import check_digest, check_graph, check_manifest, check_sha256, check_state, digest
 from optgraph.artifact.manifest import FORMAT_NAME, Manifest, is_plain_file_name
-from optgraph.artifact.names import CHECKPOINT_FILE, GRAPH_NAMES, MANIFEST_FILE, SHA256_KEY
+from optgraph.artifact.names import CHECKPOINT_FILE, MANIFEST_FILE, SHA256_KEY
 from optgraph.artifact.storage import missing_directory_error, save_directory
 from optgraph.errors import ArtifactError
 
 
 @dataclass
 class Artifact:
-    """The three graphs (serialized ONNX), the manifest and every state tensor."""
+    """The graphs (serialized ONNX, by graph name), the manifest and every state tensor."""
 
     manifest: Manifest
     graphs: dict[str, bytes]
@@ -32,7 +32,7 @@ class Artifact:
         replaced as a whole); anything else raises
         :class:`~optgraph.errors.OverwriteError` and is left untouched.
         """
-        files = {self.manifest.graphs[name].file: self.graphs[name] for name in GRAPH_NAMES}
+        files = {spec.file: self.graphs[name] for name, spec in self.manifest.graphs.items()}
         files[CHECKPOINT_FILE] = save_safetensors(self.state, metadata={"format": FORMAT_NAME})
         digests = {file: digest(data) for file, data in files.items()}
         manifest = Manifest(self.manifest.graphs, {**self.manifest.extra, SHA256_KEY: digests}, self.manifest.version)
@@ -48,8 +48,7 @@ class Artifact:
         manifest = Manifest.from_json(_read(root, MANIFEST_FILE).decode("utf-8", errors="replace"))
         check_manifest(root, manifest)
         graphs = {}
-        for name in GRAPH_NAMES:
-            spec = manifest.graphs[name]
+        for name, spec in manifest.graphs.items():
             graphs[name] = _read(root, spec.file)
             check_digest(root, manifest, spec.file, graphs[name])
             check_graph(root / spec.file, graphs[name], spec)

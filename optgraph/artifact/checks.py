@@ -18,7 +18,8 @@ from optgraph.artifact.manifest import GraphSpec, Manifest, TensorSpec, is_plain
 from optgraph.artifact.names import (
     ALIASES_KEY,
     CHECKPOINT_FILE,
-    GRAPH_NAMES,
+    FINITE,
+    IN_PLACE_KEY,
     LOSS,
     MANIFEST_FILE,
     OPTIM_STATE_PREFIX,
@@ -28,11 +29,14 @@ from optgraph.artifact.names import (
     SCHEDULE_LR,
     SHA256_KEY,
     SLOT_KEY,
+    SPLIT_GRAPH_NAMES,
     STATE_HAS_STEP_KEY,
     STEP_COUNTER,
     TRAINABLE_KEY,
+    UPDATE_APPLIED,
     GraphName,
     Role,
+    grad_name,
     optim_pack_slot_name,
     optim_slot_name,
     pack_of_slot_name,
@@ -44,11 +48,15 @@ _BATCH_ROLES = {
     GraphName.TRAIN_STEP: {Role.INPUT, Role.TARGET},
     GraphName.SCHEDULER_STEP: {Role.INPUT},
     GraphName.EVAL: {Role.INPUT},
+    GraphName.GRAD_STEP: {Role.INPUT, Role.TARGET},
+    GraphName.UPDATE_STEP: {Role.GRAD},
 }
 _RESULT_ROLES = {
     GraphName.TRAIN_STEP: {Role.LOSS, Role.STATUS, Role.LR},
     GraphName.SCHEDULER_STEP: {Role.LR},
     GraphName.EVAL: {Role.OUTPUT},
+    GraphName.GRAD_STEP: {Role.LOSS, Role.STATUS, Role.GRAD},
+    GraphName.UPDATE_STEP: {Role.STATUS},
 }
 _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.FLOAT16: "float16",
@@ -64,14 +72,14 @@ def digest(data: bytes) -> str:
 def check_manifest(root: Path, manifest: Manifest) -> None:
     """What the session relies on: file names, roles per graph, the state it reads by name, optimizer metadata."""
     where = root / MANIFEST_FILE
-    files = [manifest.graphs[name].file for name in GRAPH_NAMES]
+    files = [spec.file for spec in manifest.graphs.values()]
     for file in files:
         if not is_plain_file_name(file):
             raise ArtifactError(f"{where}: file name {file!r} must be a plain name inside the directory")
     if len(set(files)) != len(files) or {MANIFEST_FILE, CHECKPOINT_FILE} & set(files):
         raise ArtifactError(f"{where}: graph files {files} must be distinct and not {MANIFEST_FILE}/{CHECKPOINT_FILE}")
-    for name in GRAPH_NAMES:
-        _check_roles(where, name, manifest.graphs[name])
+    for name, spec in manifest.graphs.items():
+        _check_roles(where, name, spec)
     train = manifest.graphs[GraphName.TRAIN_STEP]
     if [t.role for t in train.outputs].count(Role.LOSS) != 1 or not any(t.name == LOSS for t in train.outputs):
         raise ArtifactError(f"{where}: train_step must have exactly one output {LOSS!r} with role {Role.LOSS.value!r}")
@@ -88,6 +96,61 @@ def check_manifest(root: Path, manifest: Manifest) -> None:
         _check_state_meta(where, spec, state)
     _check_slots_held_once(where, state)
     _check_extra(where, manifest.extra, state)
+    split = [name for name in SPLIT_GRAPH_NAMES if name in manifest.graphs]
+    if split and len(split) != len(SPLIT_GRAPH_NAMES):
+        missing = [name for name in SPLIT_GRAPH_NAMES if name not in split]
+        raise ArtifactError(f"{where}: graphs has {split} but not {missing}: the split train step needs both")
+    if split:
+        _check_split(where, manifest, state)
+
+
+def _check_split(where: Path, manifest: Manifest, state: dict[str, TensorSpec]) -> None:
+    """grad_step and update_step are train_step cut at the gradients: its batch, state and updates, shared out."""
+    train, grad, update = (
+        manifest.graphs[n] for n in (GraphName.TRAIN_STEP, GraphName.GRAD_STEP, GraphName.UPDATE_STEP)
+    )
+    if [(t.name, t.dtype) for t in grad.inputs if not t.is_state] != [
+        (t.name, t.dtype) for t in train.inputs if not t.is_state
+    ]:
+        raise ArtifactError(f"{where}: grad_step must take the batch train_step takes (names and dtypes, in order)")
+    results = {t.name: t for t in grad.outputs if t.feeds is None}
+    if [t.role for t in results.values()].count(Role.LOSS) != 1 or LOSS not in results:
+        raise ArtifactError(f"{where}: grad_step must have exactly one output {LOSS!r} with role {Role.LOSS.value!r}")
+    for graph, spec, name in ((GraphName.GRAD_STEP, grad, FINITE), (GraphName.UPDATE_STEP, update, UPDATE_APPLIED)):
+        found = next((t for t in spec.outputs if t.name == name), None)
+        if found is None or (found.role, found.dtype, found.shape) != (Role.STATUS, "bool", []):
+            raise ArtifactError(f"{where}: {graph} must output {name!r}, a {Role.STATUS.value} bool scalar")
+    produced = [t for t in grad.outputs if t.role == Role.GRAD]
+    for t in produced:
+        param = state.get(t.meta.get(PARAM_KEY))
+        if (
+            param is None
+            or param.role != Role.PARAM
+            or param.meta.get(TRAINABLE_KEY) is not True
+            or t.name != grad_name(param.name)
+            or (t.dtype, t.shape) != (param.dtype, param.shape)
+        ):
+            raise ArtifactError(
+                f"{where}: gradient {t.name!r} must be named {grad_name('<param>')} after its {PARAM_KEY!r}, "
+                f"a trainable parameter, with that parameter's dtype and shape"
+            )
+    taken = sorted((t.name, t.dtype, t.shape) for t in update.inputs if t.role == Role.GRAD)
+    if sorted((t.name, t.dtype, t.shape) for t in produced) != taken:
+        raise ArtifactError(f"{where}: update_step must take in exactly the gradients grad_step outputs")
+    if any(t.meta.get(IN_PLACE_KEY) for t in grad.outputs):
+        raise ArtifactError(
+            f"{where}: grad_step's state outputs may not be {IN_PLACE_KEY}: a runtime keeps them only once the "
+            "step is agreed"
+        )
+    reads = {t.name for spec in (grad, update) for t in spec.inputs if t.is_state}
+    writes = [t.feeds for spec in (grad, update) for t in spec.outputs if t.feeds is not None]
+    if reads != {t.name for t in train.inputs if t.is_state} or sorted(writes) != sorted(
+        t.feeds for t in train.outputs if t.feeds is not None
+    ):
+        raise ArtifactError(
+            f"{where}: grad_step and update_step must together read the state train_step reads and each write "
+            "once what it writes"
+        )
 
 
 def _check_roles(where: Path, graph: str, spec: GraphSpec) -> None:

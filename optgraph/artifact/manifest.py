@@ -23,6 +23,7 @@ from optgraph.artifact.names import (
     MANIFEST_FILE,
     NEXT_SUFFIX,
     ROLES,
+    SPLIT_GRAPH_NAMES,
     STATE_ROLES,
     SYMBOLS_KEY,
     next_name,
@@ -226,7 +227,9 @@ class Manifest:
         graphs = data.get("graphs")
         if not isinstance(graphs, dict) or set(GRAPH_NAMES) - set(graphs):
             raise ArtifactError(f"{MANIFEST_FILE}: 'graphs' must describe {list(GRAPH_NAMES)}")
-        parsed = {name: GraphSpec.from_json(graphs[name], name) for name in GRAPH_NAMES}
+        # the split train step is optional (older artifacts lack it); other graphs are not ours to read
+        names = [*GRAPH_NAMES, *(name for name in SPLIT_GRAPH_NAMES if name in graphs)]
+        parsed = {name: GraphSpec.from_json(graphs[name], name) for name in names}
         extra = {k: v for k, v in data.items() if k not in ("format", "version", "graphs")}
         manifest = cls(parsed, extra)
         manifest.symbols  # noqa: B018 - checked at load, not on the first step

@@ -20,14 +20,21 @@ class _Name(str, enum.Enum):
 
 
 class GraphName(_Name):
-    """The three graphs of an artifact (the keys of the manifest's ``graphs``)."""
+    """The graphs of an artifact (the keys of the manifest's ``graphs``)."""
 
     TRAIN_STEP = "train_step"
     SCHEDULER_STEP = "scheduler_step"
     EVAL = "eval"
+    # the train step split at the gradients, for data-parallel training: forward and backward with the
+    # gradients out, then the update with the (averaged) gradients in
+    GRAD_STEP = "grad_step"
+    UPDATE_STEP = "update_step"
 
 
-GRAPH_NAMES = tuple(name.value for name in GraphName)
+#: the graphs every artifact has
+GRAPH_NAMES = (GraphName.TRAIN_STEP.value, GraphName.SCHEDULER_STEP.value, GraphName.EVAL.value)
+#: the split train step: both or neither (artifacts made before data-parallel training have neither)
+SPLIT_GRAPH_NAMES = (GraphName.GRAD_STEP.value, GraphName.UPDATE_STEP.value)
 GRAPH_FILES = {name: f"{name}.onnx" for name in GraphName}
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -48,6 +55,7 @@ class Role(_Name):
     LR = "lr"
     OUTPUT = "output"
     STATUS = "status"
+    GRAD = "grad"  # a gradient: an output of grad_step, an input of update_step
 
 
 ROLES = frozenset(Role)
@@ -58,6 +66,7 @@ STATE_ROLES = frozenset(
 # Results of train_step besides the state.
 LOSS = "loss"
 UPDATE_APPLIED = "update_applied"  # bool: false when the non-finite guard kept the state
+FINITE = "finite"  # grad_step's bool: the loss, every gradient and every new buffer value are finite
 
 # Counters and schedule state.
 STEP_COUNTER = "counter.step"
@@ -89,6 +98,7 @@ def state_of_next(name: str) -> str | None:
 
 
 # Gradients: the captured train graph outputs one per trainable parameter; the rewriter consumes them.
+# grad_step outputs them under the same names, and update_step takes them in.
 GRAD_PREFIX = "grad."
 
 
@@ -147,7 +157,7 @@ def output_names(count: int) -> list[str]:
 
 # Keys of a TensorSpec besides name, role, dtype, shape and feeds.
 TRAINABLE_KEY = "trainable"  # on params: false for frozen ones
-PARAM_KEY = "param"  # on optimizer state and accumulators: the parameter
+PARAM_KEY = "param"  # on optimizer state, accumulators and gradients: the parameter
 SLOT_KEY = "slot"  # on optimizer state: torch's slot name
 PACKED_KEY = "packed"  # on a pack's optimizer state (instead of PARAM_KEY): the parameters it holds, in order
 INDEX_RANGE_KEY = "index_range"  # on integer inputs and targets: the values they may hold

@@ -19,36 +19,58 @@ from collections.abc import Iterable
 
 import onnx_ir as ir
 
-from optgraph.artifact.names import LOSS, UPDATE_APPLIED, state_of_next
-from optgraph.graph.builder import BOOL, GraphBuilder
+from optgraph.artifact.names import FINITE, LOSS, UPDATE_APPLIED, state_of_next
+from optgraph.graph.builder import BOOL, FLOAT, GraphBuilder
 
 
 def skip_non_finite(model: ir.Model, gradients: Iterable[ir.Value], buffers: Iterable[str] = ()) -> None:
     """Guard every state update of a train-step graph by the finiteness of the loss, gradients and new buffers.
 
     Args:
-        model: the train step, changed in place; it gains the bool output ``UPDATE_APPLIED``.
+        model: the train step (or the update step, which has no loss), changed in place; it gains the
+            bool output ``UPDATE_APPLIED``.
         gradients: the gradient values.
         buffers: names of the buffers the forward updates; their next values are checked too.
     """
     graph = model.graph
     b = GraphBuilder(graph)
     inputs = {v.name: v for v in graph.inputs}
-    loss = next(v for v in graph.outputs if v.name == LOSS)
-    updated = set(buffers)
-    new_buffers = [v for v in graph.outputs if state_of_next(v.name) in updated]
-    watched = list(gradients) + [v for v in new_buffers if v.dtype.is_floating_point()]
     with b.scope("skip_non_finite"):
-        # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per watched tensor
-        probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in watched]
-        probes = [b.cast(p, loss.dtype) for p in probes]
-        total = b.op("Mul", loss, b.const(0.0, loss.dtype))
-        for probe in probes:
-            total = b.op("Add", total, probe)
-        finite = b.op("Not", b.op("IsNaN", total))
+        finite = _all_finite(b, graph, gradients, buffers)
         _branch_on(graph, b, finite, inputs)
     applied = b.add_output(finite, UPDATE_APPLIED)
     applied.dtype, applied.shape = BOOL, ir.Shape([])
+
+
+def report_finite(model: ir.Model, gradients: Iterable[ir.Value], buffers: Iterable[str] = ()) -> ir.Value:
+    """Add the bool output ``FINITE``: whether the loss, the gradients and the new buffer values are all finite.
+
+    For the gradient step of data-parallel training, which cannot skip on its own: whether a step
+    applies is decided by every rank together, so the graph reports and the runtime decides.
+    """
+    graph = model.graph
+    b = GraphBuilder(graph)
+    with b.scope("check_finite"):
+        finite = _all_finite(b, graph, gradients, buffers)
+    reported = b.add_output(finite, FINITE)
+    reported.dtype, reported.shape = BOOL, ir.Shape([])
+    return reported
+
+
+def _all_finite(b: GraphBuilder, graph: ir.Graph, gradients: Iterable[ir.Value], buffers: Iterable[str]) -> ir.Value:
+    """A bool that is true when the loss output (if any), ``gradients`` and the new values of ``buffers`` are finite."""
+    loss = next((v for v in graph.outputs if v.name == LOSS), None)
+    updated = set(buffers)
+    new_buffers = [v for v in graph.outputs if state_of_next(v.name) in updated]
+    watched = list(gradients) + [v for v in new_buffers if v.dtype.is_floating_point()]
+    # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per watched tensor
+    probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in watched]
+    dtype = loss.dtype if loss is not None else FLOAT
+    probes = [b.cast(p, dtype) for p in probes]
+    total = b.op("Mul", loss, b.const(0.0, dtype)) if loss is not None else b.const(0.0, dtype)
+    for probe in probes:
+        total = b.op("Add", total, probe)
+    return b.op("Not", b.op("IsNaN", total))
 
 
 def _branch_on(graph: ir.Graph, b: GraphBuilder, finite: ir.Value, inputs: dict[str, ir.Value]) -> None:

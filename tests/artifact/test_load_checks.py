@@ -125,7 +125,44 @@ MISMATCHES = {
     "version-true": (lambda d: d.update(version=True), r"format version True is not supported"),
     "aliases-to-nothing": (lambda d: d.update(aliases={"x": "nothing"}), r"'aliases' must map names to parameters"),
     "digest-not-text": (lambda d: d.update(sha256={"eval.onnx": 5}), r"'sha256' must map file names to hex digests"),
+    # the train step split at the gradients (data-parallel training)
+    "grad-step-alone": (
+        lambda d: d["graphs"].pop("update_step"),
+        r"graphs has \['grad_step'\] but not \['update_step'\]: the split train step needs both",
+    ),
+    "grad-step-takes-another-batch": (
+        lambda d: _split_tensor(d, "grad_step", "inputs", "features").update(dtype="float64"),
+        r"grad_step must take the batch train_step takes",
+    ),
+    "gradient-of-another-parameter": (
+        lambda d: _split_tensor(d, "grad_step", "outputs", "grad.fc1.weight").update(param="fc2.weight"),
+        r"gradient 'grad.fc1.weight' must be named grad.<param> after its 'param', a trainable parameter",
+    ),
+    "update-takes-other-gradients": (
+        lambda d: _split_tensor(d, "update_step", "inputs", "grad.fc1.bias").update(shape=[3]),
+        r"update_step must take in exactly the gradients grad_step outputs",
+    ),
+    "no-finite-report": (
+        lambda d: _split_tensor(d, "grad_step", "outputs", "finite").update(dtype="float32"),
+        r"grad_step must output 'finite', a status bool scalar",
+    ),
+    "grad-step-writes-in-place": (
+        lambda d: d["graphs"]["grad_step"]["outputs"].append(
+            dict(_split_tensor(d, "update_step", "outputs", "fc1.bias.next"))
+        ),
+        r"grad_step's state outputs may not be in_place: a runtime keeps them only once the step is agreed",
+    ),
+    "split-writes-a-state-twice": (
+        lambda d: d["graphs"]["grad_step"]["outputs"].append(
+            {k: v for k, v in _split_tensor(d, "update_step", "outputs", "fc1.bias.next").items() if k != "in_place"}
+        ),
+        r"grad_step and update_step must together read the state train_step reads and each write once what it writes",
+    ),
 }
+
+
+def _split_tensor(data, graph, key, name):
+    return next(t for t in data["graphs"][graph][key] if t["name"] == name)
 
 
 @pytest.mark.parametrize("case", list(MISMATCHES), ids=list(MISMATCHES))

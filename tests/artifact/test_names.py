@@ -167,7 +167,7 @@ def test_name_patterns_and_result_names():
     quoted = set(backquoted(DOC))
     for function, pattern in PATTERNS.items():
         assert pattern in quoted, f"{function}: the document does not show {pattern}"
-    for name in [names.LOSS, names.UPDATE_APPLIED, names.METRIC, names.NO_SCHEDULE_NAME]:
+    for name in [names.LOSS, names.UPDATE_APPLIED, names.FINITE, names.METRIC, names.NO_SCHEDULE_NAME]:
         assert name in quoted
     for name in names.target_names(1) + names.target_names(2) + names.output_names(1) + names.output_names(2):
         assert name in quoted, f"the document does not say how {name} is named"
@@ -180,7 +180,8 @@ def test_files_and_graph_names():
     graphs = re.search(r'"graphs": \{(.*?)\}\}', example, re.S).group(1)
     for graph in names.GraphName:
         assert re.search(rf'"{graph}":\s*\{{"file": "{names.GRAPH_FILES[graph]}"', graphs), graph
-    assert list(names.GRAPH_FILES) == list(names.GraphName) and tuple(names.GraphName) == names.GRAPH_NAMES
+    assert list(names.GRAPH_FILES) == list(names.GraphName)
+    assert tuple(names.GraphName) == names.GRAPH_NAMES + names.SPLIT_GRAPH_NAMES
 
 
 def test_the_manifest_example_keys():
@@ -218,6 +219,8 @@ DISTINCTIVE = {
     *names.GRAPH_FILES.values(),
     names.GraphName.TRAIN_STEP.value,
     names.GraphName.SCHEDULER_STEP.value,
+    names.GraphName.GRAD_STEP.value,
+    names.GraphName.UPDATE_STEP.value,
     names.Role.OPTIM_STATE.value,
     names.Role.SCHEDULE_STATE.value,
     names.Role.GRAD_ACCUMULATOR.value,
@@ -228,7 +231,7 @@ DISTINCTIVE = {
     names.GRAD_ACCUMULATION_STEPS_KEY,
 }
 ROLE_WORDS = {role.value for role in names.Role}  # ordinary words: offenders only where a role is meant
-TENSOR_WORDS = {names.LOSS, names.METRIC, *names.target_names(1), *names.output_names(1)}
+TENSOR_WORDS = {names.LOSS, names.METRIC, names.FINITE, *names.target_names(1), *names.output_names(1)}
 KEY_WORDS = (TOP_LEVEL_KEYS | TENSOR_KEYS) - DISTINCTIVE
 NAME_FUNCTIONS = {
     "add_input", "add_output", "next_name", "grad_name", "optim_slot_name", "optim_pack_slot_name", "accumulator_name",

@@ -1,4 +1,4 @@
-"""rewrite_training on a hand-built capture: the three graphs, every role, the new state, meta, and the pass order."""
+"""rewrite_training on a hand-built capture: the graphs, every role, the new state, meta, and the pass order."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from optgraph import lr_scheduler, optim
 from optgraph.artifact.names import (
     EPOCH,
+    FINITE,
     LOSS,
     METRIC,
     MICRO_STEP,
@@ -82,11 +83,18 @@ def io(model: ir.Model) -> tuple[list[str], list[str]]:
 def test_graphs_and_their_names(Captured):
     captured, result = rewrite(Captured)
     assert isinstance(result, TrainingGraphs)
-    assert list(result.graphs) == [GraphName.TRAIN_STEP, GraphName.SCHEDULER_STEP, GraphName.EVAL]
-    assert [str(name) for name in result.graphs] == ["train_step", "scheduler_step", "eval"]
-    assert result.graphs[GraphName.SCHEDULER_STEP].graph.name == GraphName.SCHEDULER_STEP.value
-    for name in (GraphName.TRAIN_STEP, GraphName.EVAL):
-        source = captured.train if name == GraphName.TRAIN_STEP else captured.eval
+    assert list(result.graphs) == [
+        GraphName.TRAIN_STEP,
+        GraphName.SCHEDULER_STEP,
+        GraphName.EVAL,
+        GraphName.GRAD_STEP,
+        GraphName.UPDATE_STEP,
+    ]
+    assert [str(name) for name in result.graphs] == ["train_step", "scheduler_step", "eval", "grad_step", "update_step"]
+    for name in (GraphName.SCHEDULER_STEP, GraphName.GRAD_STEP, GraphName.UPDATE_STEP):
+        assert result.graphs[name].graph.name == name.value
+    for name in (GraphName.TRAIN_STEP, GraphName.EVAL, GraphName.GRAD_STEP):
+        source = captured.eval if name == GraphName.EVAL else captured.train
         assert result.graphs[name] is not source and result.graphs[name].graph is not source.graph
     assert [g.params for g in result.groups] == [tuple(TRAINABLE)]
 
@@ -117,6 +125,7 @@ def expected_roles(slots, steps=1, plateau=False):
     if plateau:
         roles |= {schedule_state_name(n): Role.SCHEDULE_STATE for n in ("best", "num_bad_epochs", "cooldown_counter")}
         roles[METRIC] = Role.INPUT
+    roles |= {grad_name(p): Role.GRAD for p in TRAINABLE} | {FINITE: Role.STATUS}
     return roles | {LOSS: Role.LOSS, UPDATE_APPLIED: Role.STATUS} | {n: Role.OUTPUT for n in OUTPUTS}
 
 
@@ -134,7 +143,13 @@ def test_roles_new_state_and_meta(Captured, optimizer, slots, schedule, steps):
     plateau = isinstance(schedule, lr_scheduler.ReduceLROnPlateau)
     roles = expected_roles(slots, steps, plateau)
     assert result.roles == roles
-    captured_names = set(DATA + TARGETS + TRAINABLE + FROZEN + BUFFERS + OUTPUTS) | {LOSS, UPDATE_APPLIED, METRIC}
+    captured_names = set(DATA + TARGETS + TRAINABLE + FROZEN + BUFFERS + OUTPUTS) | {
+        LOSS,
+        UPDATE_APPLIED,
+        METRIC,
+        FINITE,
+    }
+    captured_names |= {grad_name(p) for p in TRAINABLE}
     assert set(result.new_state) == set(roles) - captured_names
     state = initial_state()
     for name, tensor in result.new_state.items():
@@ -148,7 +163,7 @@ def test_roles_new_state_and_meta(Captured, optimizer, slots, schedule, steps):
     assert result.new_state[SCHEDULE_LR].init.tolist() == [0.1 if isinstance(optimizer, optim.SGD) else 0.01]
     assert result.new_state[STEP_COUNTER].init == 0 and result.new_state[EPOCH].init == 0
     meta = {p: {TRAINABLE_KEY: True} for p in TRAINABLE} | {p: {TRAINABLE_KEY: False} for p in FROZEN}
-    meta |= {n: {} for n in result.new_state}
+    meta |= {n: {} for n in result.new_state} | {grad_name(p): {PARAM_KEY: p} for p in TRAINABLE}
     meta |= {optim_pack_slot_name(s, 0, 0): {PACKED_KEY: TRAINABLE, SLOT_KEY: s} for s in slots}
     if steps > 1:
         meta |= {accumulator_name(p): {PARAM_KEY: p} for p in TRAINABLE}
@@ -319,3 +334,44 @@ def test_the_rewrite_layer_does_not_import_torch():
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("steps", [1, 2], ids=["update-every-call", "accumulate-2"])
+def test_grad_step_then_update_step_is_the_train_step(Captured, steps):
+    """The split graphs, run as one rank runs them (update_step on updating calls only), give train_step's state."""
+    _, result = rewrite(Captured, optim.Adam(lr=0.01), lr_scheduler.StepLR(1), clip=0.3, steps=steps)
+    train, grad, update = (
+        Runner(result.graphs[n]) for n in (GraphName.TRAIN_STEP, GraphName.GRAD_STEP, GraphName.UPDATE_STEP)
+    )
+    fused = split = initial_state() | {n: t.init for n, t in result.new_state.items()}
+    assert {v.name for v in result.graphs[GraphName.UPDATE_STEP].graph.inputs} >= {grad_name(p) for p in TRAINABLE}
+    for call in range(6):
+        feeds = batch(40 + call)
+        expected = train(fused | feeds)
+        fused = advance(fused, expected)
+        got = grad(split | feeds)
+        assert got[FINITE] and got[LOSS] == expected[LOSS]
+        if (call + 1) % steps == 0:
+            updated = update(split | {grad_name(p): got[grad_name(p)] for p in TRAINABLE})
+            assert updated[UPDATE_APPLIED]
+            got |= updated
+        split = advance(split, got)
+        for name, value in fused.items():
+            assert split[name].tobytes() == value.tobytes(), f"{name} after call {call}"
+
+
+def test_the_split_graphs_take_their_names_from_the_contract(Captured):
+    _, result = rewrite(Captured, clip=1.0, steps=2)
+    grad_inputs, grad_outputs = io(result.graphs[GraphName.GRAD_STEP])
+    update_inputs, update_outputs = io(result.graphs[GraphName.UPDATE_STEP])
+    gradients = [grad_name(p) for p in TRAINABLE]
+    assert [n for n in grad_outputs if n in gradients] == gradients and grad_outputs[-1] == FINITE
+    assert update_inputs[: len(gradients)] == gradients and update_outputs[-1] == UPDATE_APPLIED
+    assert update_inputs[len(gradients) : len(gradients) + len(TRAINABLE)] == TRAINABLE
+    assert result.in_place[GraphName.GRAD_STEP] == frozenset(), "kept only once the ranks agree"
+    assert {next_name(p) for p in TRAINABLE} <= result.in_place[GraphName.UPDATE_STEP]
+    for model in (result.graphs[GraphName.GRAD_STEP], result.graphs[GraphName.UPDATE_STEP]):
+        names = [v.name for node in model.graph.all_nodes() for v in node.outputs]
+        assert len(names) == len(set(names)), "ONNX values are named once"
+    update_values = {v.name for node in result.graphs[GraphName.UPDATE_STEP].graph.all_nodes() for v in node.outputs}
+    assert not update_values & set(gradients), "in update_step the gradient names are the inputs'"

@@ -7,10 +7,10 @@ import onnx_ir as ir
 import pytest
 
 from optgraph import lr_scheduler, optim
-from optgraph.artifact.names import LOSS, STEP_COUNTER, UPDATE_APPLIED, grad_name, next_name, state_of_next
+from optgraph.artifact.names import FINITE, LOSS, STEP_COUNTER, UPDATE_APPLIED, grad_name, next_name, state_of_next
 from optgraph.graph.builder import BOOL
 from optgraph.rewrite.attach_optimizer import attach_optimizer
-from optgraph.rewrite.skip_non_finite import skip_non_finite
+from optgraph.rewrite.skip_non_finite import report_finite, skip_non_finite
 
 from .toy_capture import TRAINABLE, UPDATED_BUFFERS, Runner, advance, batch, check_types, initial_state, train_model
 
@@ -136,3 +136,18 @@ def test_structure():
     for node in ir.traversal.RecursiveGraphIterator(graph):
         seen += [v.name for v in node.outputs]
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("case", [None, *NON_FINITE])
+def test_report_finite_says_what_the_guard_would_do(case):
+    """grad_step's report: the same watch as the guard (loss, gradients, new float buffers), and no skipping."""
+    model = train_model()
+    gradients = [v for v in model.graph.outputs if v.name in {grad_name(p) for p in TRAINABLE}]
+    reported = report_finite(model, gradients, UPDATED_BUFFERS)
+    assert reported.name == FINITE and reported.dtype == BOOL and reported.shape == ir.Shape([])
+    assert not any(node.op_type == "If" for node in model.graph)
+    check_types(model)
+    state, feeds = (started_state(), batch(3)) if case is None else NON_FINITE[case](started_state())
+    out = Runner(model)(state | feeds)
+    guarded = Runner(train_step()[0])(state | feeds)
+    assert bool(out[FINITE]) == bool(guarded[UPDATE_APPLIED]) == (case is None)

@@ -56,7 +56,7 @@ from optgraph.artifact.names import (
 from optgraph.batch import check_batch
 from optgraph.devices import CPU_DEVICE, can_allocate, state_device
 from optgraph.errors import ArtifactError, InputError, NonFiniteError, OptgraphError, RunError
-from optgraph.session import ORT_ERRORS, TrainingSession, _GraphRunner, _StateStore, default_providers
+from optgraph.session import Swap, TrainingSession, _GraphRunner, _StateStore, default_providers, take
 
 __all__ = [
     "CommStats", "DataParallelSession", "PeerError", "any_rank", "deal", "launched_ranks", "shard", "training_session",
@@ -283,7 +283,11 @@ def any_rank(flag: bool, session: TrainingSession) -> bool:
 
 
 class _Runner(_GraphRunner):
-    """A graph runner whose gradients live in caller-owned buffers and whose next state is kept on request."""
+    """A graph runner whose gradients live in caller-owned buffers and whose next state is taken on request."""
+
+    buffers: dict[str, tuple] = {}
+    bound_inputs: list[str] = []
+    bound_outputs: list[str] = []
 
     def bind_buffers(self, buffers: dict[str, tuple]) -> None:
         """Bind the non-state inputs and outputs named in ``buffers`` to ``(device_type, id, dtype, shape, ptr)``."""
@@ -293,36 +297,28 @@ class _Runner(_GraphRunner):
         self.bound_outputs = [t.name for t in self.result_outputs if t.name in buffers]
         self.result_outputs = [t for t in self.result_outputs if t.name not in buffers]
 
-    def run_split(self, store: _StateStore, batch: dict[str, np.ndarray], keep: bool) -> list[np.ndarray]:
-        """Run once; the next state goes to the spares, and into the store only with ``keep`` (else :meth:`keep`)."""
-        io = self.binding
-        for name in self.state_inputs:
-            io.bind_ortvalue_input(name, store.values[name])
-        for name, array in batch.items():
-            io.bind_cpu_input(name, array)
+    def bind(self, store: _StateStore, batch: dict[str, np.ndarray]) -> None:
+        super().bind(store, batch)
         for name in self.bound_inputs:
-            io.bind_input(name, *self.buffers[name])
-        for out, fed in self.state_outputs:
-            io.bind_ortvalue_output(out, store.values[fed] if out in self.in_place else self.spares[out])
-        for t in self.result_outputs:
-            io.bind_output(t.name, "cpu")
-        for name in self.bound_outputs:
-            io.bind_output(name, *self.buffers[name])
-        try:
-            self.session.run_with_iobinding(io)
-        except (*ORT_ERRORS, RuntimeError) as e:
-            raise RunError(f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); {self._unchanged}") from None
-        start = len(self.state_outputs)
-        results = [r.numpy() for r in io.get_outputs()[start : start + len(self.result_outputs)]]
-        if keep:
-            self.keep(store)
-        return results
+            self.binding.bind_input(name, *self.buffers[name])
+        for name in self.bound_outputs:  # after the results, which results() finds by position
+            self.binding.bind_output(name, *self.buffers[name])
 
-    def keep(self, store: _StateStore) -> None:
-        """Make the next state of the last run the current state."""
-        for out, fed in self.state_outputs:
-            if out not in self.in_place:
-                store.values[fed], self.spares[out] = self.spares[out], store.values[fed]
+    def run_split(
+        self,
+        store: _StateStore,
+        batch: dict[str, np.ndarray],
+        keep: bool,
+        also: Callable[[], list[Swap]] | None = None,
+    ) -> list[np.ndarray]:
+        """Run once; the next state is taken with ``keep``, else left in the spares for :meth:`next_state`.
+
+        ``also`` gives more swaps, made with this run's and as Ctrl-C-safely (see :func:`optgraph.session.take`).
+        """
+        self.bind(store, batch)
+        own = self.next_state(store) if keep else []
+        take(lambda: own + (also() if also is not None else []), self.launch)
+        return self.results()
 
     def result_index(self, name: str) -> int:
         return next(i for i, t in enumerate(self.result_outputs) if t.name == name)
@@ -698,17 +694,25 @@ class DataParallelSession(TrainingSession):
                 f"step skipped on every rank: on {int(agreed[1])} of {self.world_size} ranks the loss, a gradient or "
                 "a new buffer value is not finite; the state is unchanged and the session can go on"
             )
+        # this step's own state (buffers, accumulators, the micro-step count) is taken with the update's, in one
+        # Ctrl-C-safe block, and only where the update is applied: a step is taken whole or not at all
+        pending = [*grad.next_state(self._store), (vars(self), "_micro", self._micro + 1)]
         updating = (self._micro + 1) % self._steps_per_update == 0
         if updating:
             self._gradients.average(self._comm, self._scale, self._timed_allreduce)
-            results = self._runners[GraphName.UPDATE_STEP].run_split(self._store, {}, keep=True)
-            if not bool(results[self._applied_index]):
+            update = self._runners[GraphName.UPDATE_STEP]
+
+            def applied() -> bool:
+                return bool(update.results()[self._applied_index])
+
+            update.run_split(self._store, {}, keep=True, also=lambda: pending if applied() else [])
+            if not applied():
                 raise NonFiniteError(
                     "step skipped on every rank: the gradients averaged over the ranks are not finite (their sum "
                     "overflowed); the state is unchanged and the session can go on"
                 )
-        grad.keep(self._store)
-        self._micro += 1
+        else:
+            take(pending)
         if updating and self._shared_buffers and self.world_size > 1:
             start = time.perf_counter()
             sent = self._broadcast(self._shared_buffers)

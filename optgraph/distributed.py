@@ -469,8 +469,10 @@ class DataParallelSession(TrainingSession):
         artifact: an :class:`~optgraph.artifact.Artifact` or an artifact directory, compiled by an optgraph
             that emits ``grad_step`` and ``update_step``. Rank 0's state is every rank's start.
         comm: an mpi4py communicator; None is ``MPI.COMM_WORLD``.
-        providers, session_options, provider_options: as for :class:`~optgraph.TrainingSession`. Without
-            session options, each rank runs onnxruntime on its share of the cores of its machine.
+        providers, session_options, provider_options: as for :class:`~optgraph.TrainingSession`
+            (``grad_step`` and ``update_step`` run without onnxruntime's memory pattern, as the train step does
+            there, unless the options carry the config entry ``"optgraph.train_step_mem_pattern"`` = ``"1"``).
+            Without session options, each rank runs onnxruntime on its share of the cores of its machine.
         bucket_cap_mb: the largest gradient bucket, MiB (torch DDP's default is 25): gradients of one dtype
             share a bucket, one ``Allreduce`` each.
         gradient_transfer: how MPI reaches gradients in device memory: ``"direct"`` hands it the device

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,7 +60,8 @@ from optgraph.errors import ArtifactError, InputError, NonFiniteError, OptgraphE
 from optgraph.session import Swap, TrainingSession, _GraphRunner, _StateStore, default_providers, take
 
 __all__ = [
-    "CommStats", "DataParallelSession", "PeerError", "any_rank", "deal", "launched_ranks", "shard", "training_session",
+    "CommStats", "DataParallelSession", "PeerError", "abort", "all_sum", "any_rank", "deal", "joined_rank",
+    "launched_ranks", "shard", "training_session", "world",
 ]  # fmt: skip
 
 #: the graphs a data-parallel session runs (train_step is kept only to be saved)
@@ -193,7 +195,7 @@ def deal(
 def _rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """``rank`` and ``world_size`` checked, each taken from ``MPI.COMM_WORLD`` where None."""
     if rank is None or world_size is None:
-        default_rank, default_size = _world()
+        default_rank, default_size = world()
         rank = default_rank if rank is None else rank
         world_size = default_size if world_size is None else world_size
     if not isinstance(world_size, (int, np.integer)) or isinstance(world_size, bool) or world_size < 1:
@@ -235,8 +237,9 @@ def launched_ranks() -> int:
     return 1
 
 
-def _world() -> tuple[int, int]:
-    """(rank, size) of ``MPI.COMM_WORLD``; (0, 1) when mpi4py is absent and no launcher started this process."""
+def world() -> tuple[int, int]:
+    """(rank, size) of ``MPI.COMM_WORLD``, initialising MPI; (0, 1) when mpi4py is absent and no launcher started
+    this process (an ImportError when one did)."""
     try:
         from mpi4py import MPI
     except ImportError:
@@ -244,6 +247,26 @@ def _world() -> tuple[int, int]:
             raise
         return 0, 1
     return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+
+
+def joined_rank() -> int | None:
+    """This process's rank in ``MPI.COMM_WORLD`` if it has initialised MPI (and not finalised it) and has peers
+    there; else None. Initialises nothing."""
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized() or MPI.COMM_WORLD.Get_size() < 2:
+        return None
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def abort(code: int) -> None:
+    """End every process of ``MPI.COMM_WORLD`` with exit status ``code`` (``MPI_Abort``), where
+    :func:`joined_rank` is not None; else return.
+
+    For a rank that fails alone: the others may be waiting for it in a collective call, which would never
+    return (``python -m mpi4py script.py`` does this for a script's uncaught exception).
+    """
+    if joined_rank() is not None:
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
 
 def training_session(artifact: Artifact | str | os.PathLike, **options) -> TrainingSession:
@@ -260,10 +283,22 @@ def training_session(artifact: Artifact | str | os.PathLike, **options) -> Train
         **options: ``providers``, ``session_options``, ``provider_options`` (both kinds), and
             ``bucket_cap_mb`` and ``gradient_transfer`` (data-parallel only; ignored otherwise).
     """
-    if _world()[1] > 1:
+    if world()[1] > 1:
         return DataParallelSession(artifact, **options)
     plain = {k: v for k, v in options.items() if k not in ("bucket_cap_mb", "gradient_transfer")}
     return TrainingSession(artifact, **plain)
+
+
+def all_sum(values: np.ndarray | Sequence[float], session: TrainingSession) -> np.ndarray:
+    """The element-wise sum of ``values`` (float64) over the ranks of ``session``, the same on every rank. Collective.
+
+    For what each rank computed on its own share and every rank needs whole, such as a validation loss
+    from sums and counts. A plain :class:`~optgraph.TrainingSession` is a world of one: ``values`` itself.
+    """
+    total = np.array(values, dtype=np.float64)
+    if isinstance(session, DataParallelSession):
+        session._comm.Allreduce(_mpi().IN_PLACE, total, op=_mpi().SUM)
+    return total
 
 
 def any_rank(flag: bool, session: TrainingSession) -> bool:

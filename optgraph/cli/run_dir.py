@@ -16,6 +16,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -112,6 +113,7 @@ class RunDir:
         Data-parallel, every rank calls this (the save is collective: rank 0 writes the checkpoint, every
         rank returns once it is written) and rank 0 alone writes the progress file (``write``).
         """
+        state = copy.deepcopy(state)  # the position this save holds: the caller's dict moves on with the loop
         if write:
             self.root.mkdir(parents=True, exist_ok=True)
             self._write({"settings": settings, "committed": committed, "pending": {"state": state}})

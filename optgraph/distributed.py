@@ -352,7 +352,8 @@ class _Runner(_GraphRunner):
         """
         self.bind(store, batch)
         own = self.next_state(store) if keep else []
-        take(lambda: own + (also() if also is not None else []), self.launch)
+        with self.failures():
+            take(lambda: own + (also() if also is not None else []), self.launch())
         return self.results()
 
     def result_index(self, name: str) -> int:

@@ -9,10 +9,11 @@ scalar loss out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -226,10 +227,17 @@ class _GraphRunner:
                 swaps += [(store.values, fed, self.spares[out]), (self.spares, out, store.values[fed])]
         return swaps
 
-    def launch(self) -> None:
-        """Run the bound graph once."""
+    def launch(self) -> Callable[[], object]:
+        """The bound graph's run, for :func:`take`: a callable that runs no Python code of its own, so that a
+        Ctrl-C cannot be raised inside it before onnxruntime has run (Python raises one on entering a Python
+        function), only as it returns."""
+        return functools.partial(self.session.run_with_iobinding, self.binding)
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """onnxruntime's failures of a run as :class:`RunError`."""
         try:
-            self.session.run_with_iobinding(self.binding)
+            yield
         except (*ORT_ERRORS, RuntimeError) as e:  # the binding raises a plain RuntimeError for a failed run
             # nothing was swapped yet, and in-place outputs are written by the update alone (in the train
             # step, the non-finite guard's If, after every forward and backward node)
@@ -244,7 +252,8 @@ class _GraphRunner:
 
     def run(self, store: _StateStore, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         self.bind(store, batch)
-        take(self.next_state(store), self.launch)
+        with self.failures():
+            take(self.next_state(store), self.launch())
         return self.results()
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,10 +56,19 @@ from optgraph.artifact.names import (
 from optgraph.batch import check_batch
 from optgraph.devices import CPU_DEVICE
 from optgraph.errors import ArtifactError, InputError, NonFiniteError, OptgraphError, RunError
-from optgraph.session import ORT_ERRORS, TrainingSession, _GraphRunner, _StateStore, default_providers, state_store
+from optgraph.session import (
+    Swap,
+    TrainingSession,
+    _GraphRunner,
+    _StateStore,
+    default_providers,
+    state_store,
+    take,
+)
 
 __all__ = [
-    "CommStats", "DataParallelSession", "PeerError", "any_rank", "deal", "launched_ranks", "shard", "training_session",
+    "CommStats", "DataParallelSession", "PeerError", "abort", "all_sum", "any_rank", "deal", "joined_rank",
+    "launched_ranks", "shard", "training_session", "world",
 ]  # fmt: skip
 
 #: the graphs a data-parallel session runs (train_step is kept only to be saved)
@@ -192,7 +202,7 @@ def deal(
 def _rank_and_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """``rank`` and ``world_size`` checked, each taken from ``MPI.COMM_WORLD`` where None."""
     if rank is None or world_size is None:
-        default_rank, default_size = _world()
+        default_rank, default_size = world()
         rank = default_rank if rank is None else rank
         world_size = default_size if world_size is None else world_size
     if not isinstance(world_size, (int, np.integer)) or isinstance(world_size, bool) or world_size < 1:
@@ -234,8 +244,9 @@ def launched_ranks() -> int:
     return 1
 
 
-def _world() -> tuple[int, int]:
-    """(rank, size) of ``MPI.COMM_WORLD``; (0, 1) when mpi4py is absent and no launcher started this process."""
+def world() -> tuple[int, int]:
+    """(rank, size) of ``MPI.COMM_WORLD``, initialising MPI; (0, 1) when mpi4py is absent and no launcher started
+    this process (an ImportError when one did)."""
     try:
         from mpi4py import MPI
     except ImportError:
@@ -243,6 +254,26 @@ def _world() -> tuple[int, int]:
             raise
         return 0, 1
     return MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+
+
+def joined_rank() -> int | None:
+    """This process's rank in ``MPI.COMM_WORLD`` if it has initialised MPI (and not finalised it) and has peers
+    there; else None. Initialises nothing."""
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized() or MPI.COMM_WORLD.Get_size() < 2:
+        return None
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def abort(code: int) -> None:
+    """End every process of ``MPI.COMM_WORLD`` with exit status ``code`` (``MPI_Abort``), where
+    :func:`joined_rank` is not None; else return.
+
+    For a rank that fails alone: the others may be waiting for it in a collective call, which would never
+    return (``python -m mpi4py script.py`` does this for a script's uncaught exception).
+    """
+    if joined_rank() is not None:
+        sys.modules["mpi4py.MPI"].COMM_WORLD.Abort(code)
 
 
 def training_session(artifact: Artifact | str | os.PathLike, **options) -> TrainingSession:
@@ -259,10 +290,22 @@ def training_session(artifact: Artifact | str | os.PathLike, **options) -> Train
         **options: ``providers``, ``session_options``, ``provider_options`` (both kinds), and
             ``bucket_cap_mb`` and ``gradient_transfer`` (data-parallel only; ignored otherwise).
     """
-    if _world()[1] > 1:
+    if world()[1] > 1:
         return DataParallelSession(artifact, **options)
     plain = {k: v for k, v in options.items() if k not in ("bucket_cap_mb", "gradient_transfer")}
     return TrainingSession(artifact, **plain)
+
+
+def all_sum(values: np.ndarray | Sequence[float], session: TrainingSession) -> np.ndarray:
+    """The element-wise sum of ``values`` (float64) over the ranks of ``session``, the same on every rank. Collective.
+
+    For what each rank computed on its own share and every rank needs whole, such as a validation loss
+    from sums and counts. A plain :class:`~optgraph.TrainingSession` is a world of one: ``values`` itself.
+    """
+    total = np.array(values, dtype=np.float64)
+    if isinstance(session, DataParallelSession):
+        session._comm.Allreduce(_mpi().IN_PLACE, total, op=_mpi().SUM)
+    return total
 
 
 def any_rank(flag: bool, session: TrainingSession) -> bool:
@@ -282,7 +325,11 @@ def any_rank(flag: bool, session: TrainingSession) -> bool:
 
 
 class _Runner(_GraphRunner):
-    """A graph runner whose gradients live in caller-owned buffers and whose next state is kept on request."""
+    """A graph runner whose gradients live in caller-owned buffers and whose next state is taken on request."""
+
+    buffers: dict[str, tuple] = {}
+    bound_inputs: list[str] = []
+    bound_outputs: list[str] = []
 
     def bind_buffers(self, buffers: dict[str, tuple]) -> None:
         """Bind the non-state inputs and outputs named in ``buffers`` to ``(device_type, id, dtype, shape, ptr)``."""
@@ -292,36 +339,29 @@ class _Runner(_GraphRunner):
         self.bound_outputs = [t.name for t in self.result_outputs if t.name in buffers]
         self.result_outputs = [t for t in self.result_outputs if t.name not in buffers]
 
-    def run_split(self, store: _StateStore, batch: dict[str, np.ndarray], keep: bool) -> list[np.ndarray]:
-        """Run once; the next state goes to the spares, and into the store only with ``keep`` (else :meth:`keep`)."""
-        io = self.binding
-        for name in self.state_inputs:
-            io.bind_ortvalue_input(name, store.values[name])
-        for name, array in batch.items():
-            io.bind_cpu_input(name, array)
+    def bind(self, store: _StateStore, batch: dict[str, np.ndarray]) -> None:
+        super().bind(store, batch)
         for name in self.bound_inputs:
-            io.bind_input(name, *self.buffers[name])
-        for out, fed in self.state_outputs:
-            io.bind_ortvalue_output(out, store.values[fed] if out in self.in_place else self.spares[out])
-        for t in self.result_outputs:
-            io.bind_output(t.name, "cpu")
-        for name in self.bound_outputs:
-            io.bind_output(name, *self.buffers[name])
-        try:
-            self.session.run_with_iobinding(io)
-        except (*ORT_ERRORS, RuntimeError) as e:
-            raise RunError(f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); {self._unchanged}") from None
-        start = len(self.state_outputs)
-        results = [r.numpy() for r in io.get_outputs()[start : start + len(self.result_outputs)]]
-        if keep:
-            self.keep(store)
-        return results
+            self.binding.bind_input(name, *self.buffers[name])
+        for name in self.bound_outputs:  # after the results, which results() finds by position
+            self.binding.bind_output(name, *self.buffers[name])
 
-    def keep(self, store: _StateStore) -> None:
-        """Make the next state of the last run the current state."""
-        for out, fed in self.state_outputs:
-            if out not in self.in_place:
-                store.values[fed], self.spares[out] = self.spares[out], store.values[fed]
+    def run_split(
+        self,
+        store: _StateStore,
+        batch: dict[str, np.ndarray],
+        keep: bool,
+        also: Callable[[], list[Swap]] | None = None,
+    ) -> list[np.ndarray]:
+        """Run once; the next state is taken with ``keep``, else left in the spares for :meth:`next_state`.
+
+        ``also`` gives more swaps, made with this run's and as Ctrl-C-safely (see :func:`optgraph.session.take`).
+        """
+        self.bind(store, batch)
+        own = self.next_state(store) if keep else []
+        with self.failures():
+            take(lambda: own + (also() if also is not None else []), self.launch())
+        return self.results()
 
     def result_index(self, name: str) -> int:
         return next(i for i, t in enumerate(self.result_outputs) if t.name == name)
@@ -472,8 +512,10 @@ class DataParallelSession(TrainingSession):
         artifact: an :class:`~optgraph.artifact.Artifact` or an artifact directory, compiled by an optgraph
             that emits ``grad_step`` and ``update_step``. Rank 0's state is every rank's start.
         comm: an mpi4py communicator; None is ``MPI.COMM_WORLD``.
-        providers, session_options, provider_options: as for :class:`~optgraph.TrainingSession`. Without
-            session options, each rank runs onnxruntime on its share of the cores of its machine.
+        providers, session_options, provider_options: as for :class:`~optgraph.TrainingSession`
+            (``grad_step`` and ``update_step`` run without onnxruntime's memory pattern, as the train step does
+            there, unless the options carry the config entry ``"optgraph.train_step_mem_pattern"`` = ``"1"``).
+            Without session options, each rank runs onnxruntime on its share of the cores of its machine.
         bucket_cap_mb: the largest gradient bucket, MiB (torch DDP's default is 25): gradients of one dtype
             share a bucket, one ``Allreduce`` each.
         gradient_transfer: how MPI reaches gradients in device memory: ``"direct"`` hands it the device
@@ -688,17 +730,25 @@ class DataParallelSession(TrainingSession):
                 f"step skipped on every rank: on {int(agreed[1])} of {self.world_size} ranks the loss, a gradient or "
                 "a new buffer value is not finite; the state is unchanged and the session can go on"
             )
+        # this step's own state (buffers, accumulators, the micro-step count) is taken with the update's, in one
+        # Ctrl-C-safe block, and only where the update is applied: a step is taken whole or not at all
+        pending = [*grad.next_state(self._store), (vars(self), "_micro", self._micro + 1)]
         updating = (self._micro + 1) % self._steps_per_update == 0
         if updating:
             self._gradients.average(self._comm, self._scale, self._timed_allreduce)
-            results = self._runners[GraphName.UPDATE_STEP].run_split(self._store, {}, keep=True)
-            if not bool(results[self._applied_index]):
+            update = self._runners[GraphName.UPDATE_STEP]
+
+            def applied() -> bool:
+                return bool(update.results()[self._applied_index])
+
+            update.run_split(self._store, {}, keep=True, also=lambda: pending if applied() else [])
+            if not applied():
                 raise NonFiniteError(
                     "step skipped on every rank: the gradients averaged over the ranks are not finite (their sum "
                     "overflowed); the state is unchanged and the session can go on"
                 )
-        grad.keep(self._store)
-        self._micro += 1
+        else:
+            take(pending)
         if updating and self._shared_buffers and self.world_size > 1:
             start = time.perf_counter()
             sent = self._broadcast(self._shared_buffers)

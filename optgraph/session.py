@@ -9,10 +9,11 @@ scalar loss out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -126,8 +127,11 @@ _ORT_TYPES = {
 }  # fmt: skip
 
 
-# session config entry: "1" keeps onnxruntime's memory pattern for the train step (see _inference_session)
+# session config entry: "1" keeps onnxruntime's memory pattern for the train step, and for the data-parallel
+# step's grad_step and update_step (see _inference_session)
 TRAIN_STEP_MEM_PATTERN = "optgraph.train_step_mem_pattern"
+# the graphs of a training step, which run without the memory pattern unless the entry is "1"
+_NO_MEM_PATTERN = (GraphName.TRAIN_STEP, GraphName.GRAD_STEP, GraphName.UPDATE_STEP)
 
 
 def _config_entry(options: ort.SessionOptions, key: str) -> str | None:
@@ -148,11 +152,13 @@ def _inference_session(
     prefix, mem_pattern = options.profile_file_prefix, options.enable_mem_pattern
     if options.enable_profiling:  # one profile per graph, named after it (the options are shared)
         options.profile_file_prefix = f"{prefix}_{name}"
-    if name == GraphName.TRAIN_STEP and _config_entry(options, TRAIN_STEP_MEM_PATTERN) != "1":
+    if name in _NO_MEM_PATTERN and _config_entry(options, TRAIN_STEP_MEM_PATTERN) != "1":
         # A memory pattern plans one block for every intermediate of the step and keeps it; without it the
         # arena reuses freed buffers. Measured (docs/benchmarks.md): peak RSS with AdamW, large MLP 1,056 ->
         # 751 MiB, CNN 148 -> 125, MLP 90 -> 86; step times within the noise of a busy machine (medians up
-        # to 5% slower). The config entry puts the pattern back for a user who wants those 5%.
+        # to 5% slower). The data-parallel step's two graphs, each in its own session with its own pattern:
+        # 1,174 -> 809 MiB for that MLP on one rank (1,081 with grad_step's pattern alone off). The config
+        # entry puts the pattern back for a user who wants those 5%.
         options.enable_mem_pattern = False
     try:
         return ort.InferenceSession(model, options, providers=list(providers), provider_options=provider_options)
@@ -201,7 +207,7 @@ class _GraphRunner:
     def prepare(self, store: _StateStore) -> None:
         self.spares = {out: store.empty_like(fed) for out, fed in self.state_outputs if out not in self.in_place}
 
-    def run(self, store: _StateStore, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def bind(self, store: _StateStore, batch: dict[str, np.ndarray]) -> None:
         io = self.binding
         for name in self.state_inputs:
             io.bind_ortvalue_input(name, store.values[name])
@@ -211,41 +217,75 @@ class _GraphRunner:
             io.bind_ortvalue_output(out, store.values[fed] if out in self.in_place else self.spares[out])
         for t in self.result_outputs:
             io.bind_output(t.name, "cpu")
-        # after the run, each double-buffered state takes its spare as current, and its current as the next spare;
-        # fixed before the run, so that making a swap twice is harmless
-        swaps = [
-            (out, fed, self.spares[out], store.values[fed])
-            for out, fed in self.state_outputs
-            if out not in self.in_place
-        ]
-        interrupted = None
+
+    def next_state(self, store: _StateStore) -> list[Swap]:
+        """The swaps that take the bound run's next state: each double-buffered state takes its spare as current,
+        and its current as the next spare."""
+        swaps: list[Swap] = []
+        for out, fed in self.state_outputs:
+            if out not in self.in_place:
+                swaps += [(store.values, fed, self.spares[out]), (self.spares, out, store.values[fed])]
+        return swaps
+
+    def launch(self) -> Callable[[], object]:
+        """The bound graph's run, for :func:`take`: a callable that runs no Python code of its own, so that a
+        Ctrl-C cannot be raised inside it before onnxruntime has run (Python raises one on entering a Python
+        function), only as it returns."""
+        return functools.partial(self.session.run_with_iobinding, self.binding)
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """onnxruntime's failures of a run as :class:`RunError`."""
         try:
-            self.session.run_with_iobinding(io)
-        except KeyboardInterrupt as e:
-            # Python raises a Ctrl-C that came during the run as the call returns: the run is complete and its
-            # in-place outputs are written, so the rest of its state must be taken too before the interrupt goes on
-            interrupted = e
+            yield
         except (*ORT_ERRORS, RuntimeError) as e:  # the binding raises a plain RuntimeError for a failed run
             # nothing was swapped yet, and in-place outputs are written by the update alone (in the train
             # step, the non-finite guard's If, after every forward and backward node)
             raise RunError(f"{self.name}: onnxruntime failed ({type(e).__name__}: {e}); {self._unchanged}") from None
+
+    def results(self) -> list[np.ndarray]:
+        """The last run's outputs that are not state, as host arrays."""
+        if not self.result_outputs:
+            return []
+        start = len(self.state_outputs)
+        return [r.numpy() for r in self.binding.get_outputs()[start : start + len(self.result_outputs)]]
+
+    def run(self, store: _StateStore, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.bind(store, batch)
+        with self.failures():
+            take(self.next_state(store), self.launch())
+        return self.results()
+
+
+#: ``(table, key, value)``: the assignment ``table[key] = value``, a part of taking a run's next state
+Swap = tuple[dict, str, object]
+
+
+def take(swaps: Sequence[Swap] | Callable[[], Sequence[Swap]], run: Callable[[], object] | None = None) -> None:
+    """Call ``run`` (an onnxruntime run), then make every assignment that ``swaps`` lists, all of them.
+
+    Python raises a Ctrl-C that came during a run as the call returns: the run is complete and its in-place
+    outputs are written, so the rest of its state must be taken too before the interrupt goes on. A
+    KeyboardInterrupt from ``run``, or one that lands among the assignments, is held until every one is made
+    (each is a fixed value, so making one twice is harmless), then raised. ``swaps`` may be a function, called
+    after the run to choose by its results (again if an interrupt lands in it). The run and the assignments
+    share this one frame: an interrupt raised as it is entered comes before anything is done.
+    """
+    interrupted = None
+    try:
+        if run is not None:
+            run()
+    except KeyboardInterrupt as e:
+        interrupted = e
+    while True:
         try:
-            results = io.get_outputs()[len(self.state_outputs) :] if self.result_outputs and not interrupted else []
-            arrays = [r.numpy() for r in results]
-        finally:
-            # all swaps or none: a Ctrl-C in the middle is held until they are made (inline, not in a function,
-            # whose entry is itself a point where Python raises a pending interrupt)
-            while True:
-                try:
-                    for out, fed, current, spare in swaps:
-                        store.values[fed] = current
-                        self.spares[out] = spare
-                    break
-                except KeyboardInterrupt as e:
-                    interrupted = e
-        if interrupted is not None:
-            raise interrupted
-        return arrays
+            for table, key, value in swaps() if callable(swaps) else swaps:
+                table[key] = value
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
 
 
 def state_store(session: ort.InferenceSession, artifact: Artifact, owned: bool, stacklevel: int) -> _StateStore:

@@ -91,3 +91,63 @@ def test_interrupted_step_is_taken_whole(artifact, where):
     reference.scheduler_step()
     for name, value in _state(reference).items():
         np.testing.assert_array_equal(_state(session)[name], value, err_msg=name)
+
+
+# -- the data-parallel step: gradients, then the update, each its own run -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def accumulating():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    return optgraph.compile(
+        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=0.01), grad_accumulation_steps=2
+    )
+
+
+SPLIT_CASES = {
+    # id: (accumulate over 2 calls, the run the interrupt comes out of (None: the first swap), the step is taken)
+    "as-the-update-returns": (False, GraphName.UPDATE_STEP, True),
+    "as-the-gradients-return": (False, GraphName.GRAD_STEP, False),
+    "during-the-swap": (False, None, True),
+    "accumulating-as-the-update-returns": (True, GraphName.UPDATE_STEP, True),
+    "accumulating-during-a-micro-step-swap": (True, None, True),
+}
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES), ids=list(SPLIT_CASES))
+def test_interrupted_data_parallel_step_is_taken_whole_or_not_at_all(artifact, accumulating, case):
+    """The split step (grad_step, the all-reduce, update_step) on one rank: its state is the fused step's after it,
+    or, when the interrupt comes out of grad_step (before the ranks agree on the step), as it was before it."""
+    MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed: pip install 'optgraph[mpi]'")
+    from optgraph import distributed
+
+    accumulate, graph, taken = SPLIT_CASES[case]
+    compiled = accumulating if accumulate else artifact
+    batches = _batches(9)
+    reference = optgraph.TrainingSession(compiled, providers=CPU)
+    session = distributed.DataParallelSession(compiled, comm=MPI.COMM_SELF, providers=CPU)
+    warm_up = 5 if graph == GraphName.UPDATE_STEP and accumulate else 4  # the interrupted call updates, or not
+    for batch in batches[:warm_up]:
+        reference.step(*batch)
+        session.step(*batch)
+    before = _state(session)
+    if graph is not None:
+        runner = session._runners[graph]
+        runner.session = _InterruptedAsRunReturns(runner.session)
+    else:
+        session._store.values = _InterruptedOnce(session._store.values)
+    with pytest.raises(KeyboardInterrupt):
+        session.step(*batches[warm_up])
+    if not taken:
+        for name, value in before.items():
+            np.testing.assert_array_equal(_state(session)[name], value, err_msg=name)
+        session.step(*batches[warm_up])  # taken now
+    reference.step(*batches[warm_up])
+    for name, value in _state(reference).items():
+        np.testing.assert_array_equal(_state(session)[name], value, err_msg=name)
+    for batch in batches[warm_up + 1 :]:  # and the session trains on, bit-identically
+        assert session.step(*batch) == reference.step(*batch)
+    for name, value in _state(reference).items():
+        np.testing.assert_array_equal(_state(session)[name], value, err_msg=name)

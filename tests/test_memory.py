@@ -92,10 +92,35 @@ def test_the_train_step_runs_without_a_memory_pattern_unless_asked(small_artifac
     assert patterns(options) == {"train_step": True, "scheduler_step": True, "eval": True}
 
 
-def test_train_memory_tool_reports_every_stage(small_artifact):
+def test_the_data_parallel_step_runs_without_a_memory_pattern_unless_asked(small_artifact):
+    import onnxruntime as ort
+
+    MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed: pip install 'optgraph[mpi]'")
+    from optgraph import distributed
+    from optgraph.session import TRAIN_STEP_MEM_PATTERN
+
+    def patterns(options):
+        session = distributed.DataParallelSession(
+            small_artifact, comm=MPI.COMM_SELF, providers=["CPUExecutionProvider"], session_options=options
+        )
+        return {name: r.session.get_session_options().enable_mem_pattern for name, r in session._runners.items()}
+
+    steps = {"grad_step": False, "update_step": False, "scheduler_step": True, "eval": True}
+    assert patterns(None) == steps
+    options = ort.SessionOptions()
+    assert patterns(options) == steps
+    assert options.enable_mem_pattern, "the caller's options are left as they were"
+    options.add_session_config_entry(TRAIN_STEP_MEM_PATTERN, "1")
+    assert patterns(options) == dict.fromkeys(steps, True)
+
+
+@pytest.mark.parametrize("flags", [[], ["--data-parallel"]], ids=["fused", "data-parallel"])
+def test_train_memory_tool_reports_every_stage(small_artifact, flags):
+    if flags:
+        pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install 'optgraph[mpi]'")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run(
-        [sys.executable, "-m", "tools.train_memory", str(small_artifact), "--batch", "4", "--steps", "3"],
+        [sys.executable, "-m", "tools.train_memory", str(small_artifact), "--batch", "4", "--steps", "3", *flags],
         capture_output=True, text=True, env=env, check=True, cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     report = json.loads(run.stdout.splitlines()[-1])

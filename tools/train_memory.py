@@ -1,14 +1,16 @@
 """Where a training process's memory goes: resident set size at each stage, torch never imported.
 
     python -m tools.train_memory ARTIFACT_DIR [--batch 64] [--steps 20] [--mem-pattern on|off] [--arena on|off]
+                                 [--data-parallel]
 
 Prints, in MiB, the RSS and the peak RSS (Linux ``VmRSS``/``VmHWM``) after the imports, after opening
 the artifact, after the first step and after ``--steps`` more, next to the checkpoint's size, and the
 median step time. The batch is random, shaped from the manifest (every symbol = ``--batch``), integer
 inputs kept inside their ``index_range``. ``--mem-pattern on`` keeps onnxruntime's memory pattern for the
 train step (TrainingSession turns it off there unless told otherwise), ``--arena off`` turns off the
-CPU arena; both are how docs/benchmarks.md measured the allocator settings. Run it once per setting:
-a process's peak only grows.
+CPU arena; both are how docs/benchmarks.md measured the allocator settings. ``--data-parallel`` trains
+with the data-parallel step instead (``grad_step``, then ``update_step``) on one rank, ``MPI.COMM_SELF``:
+no launcher needed. Run it once per setting: a process's peak only grows.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mem-pattern", choices=["on", "off"], help="force onnxruntime's memory pattern")
     parser.add_argument("--arena", choices=["on", "off"], default="on", help="onnxruntime's CPU arena")
+    parser.add_argument("--data-parallel", action="store_true", help="the split step of one rank (needs mpi4py)")
     args = parser.parse_args()
     sys.modules["torch"] = None  # a training process: importing torch would fail, and would show in the RSS
 
@@ -64,6 +67,10 @@ def main() -> int:
     from optgraph.artifact.names import CHECKPOINT_FILE, GraphName
     from optgraph.session import TRAIN_STEP_MEM_PATTERN
 
+    if args.data_parallel:
+        from mpi4py import MPI
+
+        from optgraph import distributed
     stages = {"imports": memory_mb()}
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
@@ -72,7 +79,12 @@ def main() -> int:
         options.add_session_config_entry(TRAIN_STEP_MEM_PATTERN, "1")
     elif args.mem_pattern == "off":
         options.enable_mem_pattern = False
-    session = optgraph.TrainingSession(args.artifact, providers=["CPUExecutionProvider"], session_options=options)
+    if args.data_parallel:
+        session = distributed.DataParallelSession(
+            args.artifact, comm=MPI.COMM_SELF, providers=["CPUExecutionProvider"], session_options=options
+        )
+    else:
+        session = optgraph.TrainingSession(args.artifact, providers=["CPUExecutionProvider"], session_options=options)
     stages["open"] = memory_mb()
     specs = [t for t in session.manifest.graphs[GraphName.TRAIN_STEP].inputs if not t.is_state]
     batch = random_batch(specs, args.batch, np.random.default_rng(0))

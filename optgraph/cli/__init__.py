@@ -3,13 +3,15 @@
 Exit codes: 0 on success, 2 when the command line, a config file or a data file is wrong, 1 when
 the run fails (the model, the artifact, the runtime, the user's code), 130 when stopped by Ctrl-C.
 An error is one line on stderr, ``optgraph <command>: <what went wrong>``; ``--debug`` adds the
-traceback. Only ``compile`` (and ``demo``) import torch.
+traceback. Under ``mpiexec`` (``optgraph train`` data-parallel), a rank that fails ends every rank
+with its exit code. Only ``compile`` (and ``demo``) import torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 
 from optgraph.cli import compile_cmd, demo_cmd, export_cmd, inspect_cmd, recover_cmd, train_cmd
@@ -18,6 +20,7 @@ from optgraph.cli.target import TargetError
 from optgraph.errors import OptgraphError, OverwriteError
 
 COMMANDS = (compile_cmd, inspect_cmd, train_cmd, export_cmd, demo_cmd, recover_cmd)
+PEER_GRACE_S = 2.0  # how long a failed rank other than 0 waits for rank 0 to tell a shared error (see _failed)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,13 +48,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        print(f"optgraph {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _failed(args.command, "interrupted", EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - every failure ends as one line (and its traceback with --debug)
         if args.debug:
             traceback.print_exc()
-        print(f"optgraph {args.command}: {_one_line(e, args.debug)}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(e, (UsageError, OverwriteError)) else EXIT_FAILED
+        code = EXIT_USAGE if isinstance(e, (UsageError, OverwriteError)) else EXIT_FAILED
+        return _failed(args.command, _one_line(e, args.debug), code)
+
+
+def _failed(command: str, message: str, code: int) -> int:
+    """Tell the error; on one rank of a data-parallel run (``optgraph train`` under ``mpiexec``), end every rank.
+
+    The other ranks may be waiting for this one in a collective call, which would never return: MPI_Abort
+    ends them all with ``code``. A rank other than 0 waits a moment first, so that an error every rank met
+    is told once, by rank 0, whose abort ends the others meanwhile.
+    """
+    distributed = sys.modules.get("optgraph.distributed")  # imported by a command that may have joined MPI
+    rank = distributed.joined_rank() if distributed is not None else None
+    if rank:
+        time.sleep(PEER_GRACE_S)
+        message = f"rank {rank}: {message}"
+    print(f"optgraph {command}: {message}", file=sys.stderr, flush=True)
+    if rank is not None:
+        sys.stdout.flush()
+        distributed.abort(code)
+    return code
 
 
 def _one_line(error: Exception, debug: bool) -> str:

@@ -16,6 +16,7 @@ Never imports torch.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -104,13 +105,22 @@ class RunDir:
             "it was written by something else since: start a new run with another --out"
         )
 
-    def commit(self, session, settings: dict[str, Any], state: dict[str, Any], committed: dict | None) -> dict:
-        """Save the session and the position it is at; returns the new committed record."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write({"settings": settings, "committed": committed, "pending": {"state": state}})
+    def commit(
+        self, session, settings: dict[str, Any], state: dict[str, Any], committed: dict | None, write: bool = True
+    ) -> dict:
+        """Save the session and the position it is at; returns the new committed record.
+
+        Data-parallel, every rank calls this (the save is collective: rank 0 writes the checkpoint, every
+        rank returns once it is written) and rank 0 alone writes the progress file (``write``).
+        """
+        state = copy.deepcopy(state)  # the position this save holds: the caller's dict moves on with the loop
+        if write:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._write({"settings": settings, "committed": committed, "pending": {"state": state}})
         session.save(self.checkpoint)
-        record = {"checkpoint_sha256": self._checkpoint_digest(), "state": state}
-        self._write({"settings": settings, "committed": record, "pending": None})
+        record = {"checkpoint_sha256": self._checkpoint_digest() if write else None, "state": state}
+        if write:
+            self._write({"settings": settings, "committed": record, "pending": None})
         return record
 
     def _write(self, body: dict[str, Any]) -> None:

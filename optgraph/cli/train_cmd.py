@@ -21,6 +21,10 @@ or the mean training loss without --val), OneCycleLR after each optimizer update
 progress.json (where the loop stands) and loss.png. Ctrl-C saves a checkpoint and stops;
 the same command with --resume continues exactly where it stopped.
 
+Under mpiexec -n N (or srun), every process trains on its share of each epoch's order and
+they average their gradients: data-parallel, as torch DDP, with --batch-size samples per
+process and step. Rank 0 alone prints and writes --out; see docs/cli.md.
+
 Validation (--val) runs the eval graph (eval mode, no update) and reports standard losses
 computed from its outputs: the artifact does not hold the training loss function. The
 default is cross_entropy and accuracy for class-index targets, mse otherwise.
@@ -35,7 +39,9 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="training data: .npz or .safetensors")
     p.add_argument("--val", metavar="FILE", help="validation data, the same arrays")
     p.add_argument("--epochs", type=int, metavar="N", help="train until epoch N (on --resume: the run's own N)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="samples per step (default 32, or the static batch)")
+    p.add_argument(
+        "--batch-size", type=int, metavar="B", help="samples per step and process (default 32, or the static batch)"
+    )
     p.add_argument("--seed", type=int, help="the shuffling seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="the run's folder (default: DIR-train beside the artifact)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
@@ -89,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     )
     result = train(options)
     run_dir = result.run
+    if result.rank != 0:  # a data-parallel run: rank 0 reports
+        return EXIT_INTERRUPTED if result.interrupted else 0
     if result.interrupted:
         epoch, batch = result.position
         print(

@@ -6,6 +6,17 @@ schedule steps after each epoch (ReduceLROnPlateau with the validation loss, or 
 mean training loss without ``--val``) or, for OneCycleLR or when asked, after each optimizer
 update. The loop's position is saved with every checkpoint (see :mod:`optgraph.cli.run_dir`);
 Ctrl-C or SIGTERM stops after the running step, saves, and ends.
+
+Under an MPI launcher (``mpiexec -n N``, ``srun``: :func:`optgraph.distributed.launched_ranks`
+reads its environment, so a plain run never loads MPI) the same loop trains data-parallel, as
+torch DDP with a ``DistributedSampler``: the batch size is each process's, each epoch's order
+is dealt out to the processes (:func:`optgraph.distributed.deal`), so that step k of N processes
+takes the samples that step k of one process with batch N * B takes. Rank 0 alone prints, plots
+and writes ``progress.json``; every rank takes part in each checkpoint (a collective save) and
+in each decision to stop (:func:`optgraph.distributed.any_rank`, after every step); validation
+is split over the ranks and summed. A run resumes on another number of processes: the rest of
+the interrupted epoch, from the first sample the saved position had not reached, is dealt out
+to the new ones.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from optgraph import lr_scheduler
+from optgraph import distributed, lr_scheduler
 from optgraph.artifact.names import GRAD_ACCUMULATION_STEPS_KEY, LR_SCHEDULER_KEY, GraphName, Role
 from optgraph.cli import data as datasets
 from optgraph.cli import metrics
@@ -68,20 +79,24 @@ class TrainResult:
     interrupted: bool = False
     position: tuple[int, int] | None = None  # (epoch, batch) where an interrupted run stopped, from 0
     plot: Path | None = None
+    rank: int = 0  # this process's, under an MPI launcher: rank 0 alone reports
+    world_size: int = 1
 
 
 class _Stop:
     """SIGINT / SIGTERM: the first asks the loop to save and stop after the running step; a second stops now."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: bool = True) -> None:
         self.requested = False
+        self.say = say
         self.previous: dict[int, Any] = {}
 
     def __call__(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to stop without saving)\n")
+        if self.say:
+            sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to stop without saving)\n")
 
     def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():
@@ -95,7 +110,10 @@ class _Stop:
 
 
 def _fresh_state() -> dict[str, Any]:
-    return {"epoch": 0, "batch": 0, "steps": 0, "epoch_start": 0, "skipped": 0, "losses": [], "epochs": []}
+    """Where the loop stands. ``batch`` counts the steps of ``world_size`` processes taken in this epoch from
+    sample ``epoch_offset`` of its order (0 unless the epoch was resumed on another number of processes)."""
+    return {"epoch": 0, "batch": 0, "steps": 0, "epoch_start": 0, "skipped": 0, "losses": [], "epochs": [],
+            "world_size": 1, "epoch_offset": 0}  # fmt: skip
 
 
 def _schedule_names(config: Any) -> set[str]:
@@ -115,10 +133,28 @@ def _static_batch(dataset: datasets.Dataset) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _batches(samples: int, size: int, drop_last: bool, seed: int, epoch: int) -> list[np.ndarray]:
-    order = np.random.default_rng([seed, epoch]).permutation(samples)
-    stop = samples - samples % size if drop_last else samples
+def _batches(
+    samples: int, size: int, drop_last: bool, seed: int, epoch: int, rank: int = 0, world: int = 1, offset: int = 0
+) -> list[np.ndarray]:
+    """This process's batches of an epoch: its order from ``offset`` on, dealt out to ``world`` processes."""
+    order = np.random.default_rng([seed, epoch]).permutation(samples)[offset:]
+    if world > 1:  # as DistributedSampler: padded to equal shares (or cut, with drop_last), rank r takes r, r + N, ...
+        order = distributed.deal(order, rank, world, drop_last=drop_last)
+    stop = len(order) - len(order) % size if drop_last else len(order)
     return [order[i : i + size] for i in range(0, stop, size)]
+
+
+def _rebase(state: dict[str, Any], world: int, batch_size: int, samples: int) -> str:
+    """Count the saved position in this run's processes; says how, when their number changed."""
+    was = state["world_size"]
+    if was == world:
+        return ""
+    if state["batch"]:  # step k of N processes took samples [k*B*N, (k+1)*B*N) of the epoch's (rest of the) order
+        state["epoch_offset"] = min(state["epoch_offset"] + state["batch"] * batch_size * was, samples)
+        state["batch"] = 0
+    state["world_size"] = world
+    rest = f" from sample {state['epoch_offset']} of its order" if state["epoch_offset"] else ""
+    return f" (saved by {was} process{'es' * (was > 1)}: this epoch goes on{rest} on {world})"
 
 
 def format_lr(lr: float | list[float]) -> str:
@@ -147,25 +183,35 @@ class _Settings:
 
 def train(o: TrainOptions) -> TrainResult:
     """Train, checkpoint and plot as ``o`` says; raises UsageError for what the user must change."""
-    from optgraph.session import TrainingSession
+    launched = distributed.launched_ranks()
+    if launched > 1:
+        try:
+            distributed.world()  # MPI from the start: a rank that fails now ends every rank (optgraph.cli.main)
+        except ImportError as e:
+            raise UsageError(
+                f"started by an MPI launcher as one of {launched} processes, but mpi4py cannot be imported ({e}): "
+                "pip install 'optgraph[mpi]', or start optgraph train without the launcher"
+            ) from None
 
     run = RunDir(o.out)
     source = read_manifest(o.artifact)
     if o.resume:
         saved, committed = run.load()
-        state = committed["state"]
+        state = {**_fresh_state(), **committed["state"]}  # a run saved before a key existed has its default
         if saved.get("artifact_graphs") != graph_digests(source):
             raise UsageError(f"{run.root} holds a run of another artifact than {o.artifact}")
-        session = TrainingSession(run.checkpoint, providers=o.providers)
+        session = _open(run.checkpoint, o, launched)
     else:
         if run.holds_run() and not o.restart:
             raise UsageError(
                 f"{run.root} holds a training run already: pass --resume to continue it, or choose another --out"
             )
-        if o.restart:
-            run.clear()
         saved, committed, state = None, None, _fresh_state()
-        session = TrainingSession(o.artifact, providers=o.providers)
+        session = _open(o.artifact, o, launched)  # collective: every rank has checked the folder before rank 0 writes
+    rank, world = _layout(session)
+    main = rank == 0
+    if o.restart and main:
+        run.clear()
     manifest = session.manifest
     settings = _Settings(saved)
     settings.values["artifact_graphs"] = graph_digests(source)
@@ -187,8 +233,11 @@ def train(o: TrainOptions) -> TrainResult:
             f"--data {o.data} has {data.samples} samples; the run being resumed had {settings.saved['samples']}"
         )
     settings.values["samples"] = data.samples
-    if data.samples < batch_size and drop_last:
-        raise UsageError(f"--data {o.data} has {data.samples} samples, fewer than one batch of {batch_size}")
+    if data.samples < batch_size * world and drop_last:
+        raise UsageError(
+            f"--data {o.data} has {data.samples} samples, fewer than one batch of {batch_size}"
+            + (f" on each of {world} processes" if world > 1 else "")
+        )
     epochs = o.epochs if o.epochs is not None else settings.saved.get("epochs")
     if epochs is None:
         raise UsageError("how long? give --epochs N")
@@ -202,7 +251,7 @@ def train(o: TrainOptions) -> TrainResult:
         raise UsageError("--scheduler-every update: ReduceLROnPlateau steps with a metric, once per epoch")
     accumulation = int(manifest.extra.get(GRAD_ACCUMULATION_STEPS_KEY, 1))
 
-    first = _batches(data.samples, batch_size, drop_last, seed, 0)[0]
+    first = _batches(data.samples, batch_size, drop_last, seed, 0, rank, world)[0]
     datasets.check_first_batch(data, manifest, first, "--data")
     validated = val is not None  # ReduceLROnPlateau steps on the validation loss, or on the training loss
     if settings.saved.get("validated", validated) != validated:
@@ -219,27 +268,33 @@ def train(o: TrainOptions) -> TrainResult:
         names = _choose_metrics(session, val, batch_size, static, names)
         settings.values["val_metrics"] = names
 
-    result = TrainResult(state["epochs"], state["losses"], run)
-    steps_per_epoch = len(_batches(data.samples, batch_size, drop_last, seed, 0))
-    what = f"resuming {run.root} at epoch {state['epoch'] + 1}, batch {state['batch'] + 1}" if o.resume else (
-        f"training {o.artifact}"
-    )  # fmt: skip
-    print(
-        f"{what}: {data.samples} samples, {steps_per_epoch} steps of {batch_size} per epoch, {epochs} epochs, "
+    result = TrainResult(state["epochs"], state["losses"], run, rank=rank, world_size=world)
+    rebased = _rebase(state, world, batch_size, data.samples)
+    steps_per_epoch = len(_batches(data.samples, batch_size, drop_last, seed, 0, rank, world))
+    what = (
+        f"resuming {run.root} at epoch {state['epoch'] + 1}, batch {state['batch'] + 1}{rebased}"
+        if o.resume
+        else f"training {o.artifact}"
+    )
+    per_step = f"{batch_size} on each of {world} processes ({batch_size * world} a step)" if world > 1 else batch_size
+    say = print if main else _silent
+    say(
+        f"{what}: {data.samples} samples, {steps_per_epoch} steps of {per_step} per epoch, {epochs} epochs, "
         f"schedule stepped every {every} -> {run.root}",
         flush=True,
     )
     if state["epoch"] >= epochs:
-        print(f"the run has finished its {state['epoch']} epochs already; give a larger --epochs to train on")
-        result.plot = _plot(run, state, names, o)
+        say(f"the run has finished its {state['epoch']} epochs already; give a larger --epochs to train on")
+        result.plot = _plot(result, state, names, o)
         return result
 
     from tqdm import tqdm
 
+    write = tqdm.write if main else _silent
     warned = False
-    with _Stop() as stop:
+    with _Stop(say=main) as stop:
         for epoch in range(state["epoch"], epochs):
-            batches = _batches(data.samples, batch_size, drop_last, seed, epoch)
+            batches = _batches(data.samples, batch_size, drop_last, seed, epoch, rank, world, state["epoch_offset"])
             started = time.perf_counter()
             lr_used = session.lr
             bar = tqdm(
@@ -249,7 +304,7 @@ def train(o: TrainOptions) -> TrainResult:
                 unit="step",
                 leave=False,
                 dynamic_ncols=True,
-                disable=None if o.progress is None else not o.progress,
+                disable=(None if o.progress is None else not o.progress) if main else True,
                 file=sys.stderr,
             )
             for index in range(state["batch"], len(batches)):
@@ -258,7 +313,7 @@ def train(o: TrainOptions) -> TrainResult:
                 except NonFiniteError as e:
                     state["skipped"] += 1
                     if not warned:
-                        tqdm.write(f"epoch {epoch + 1}, step {index + 1}: {e}", file=sys.stderr)
+                        write(f"epoch {epoch + 1}, step {index + 1}: {e}", file=sys.stderr)
                         warned = True
                 else:
                     state["losses"].append(loss)
@@ -269,12 +324,13 @@ def train(o: TrainOptions) -> TrainResult:
                     bar.set_postfix_str(f"loss {loss:.4f} lr {format_lr(lr_used)}", refresh=False)
                 state["batch"] = index + 1
                 bar.update(1)
+                stop.requested = distributed.any_rank(stop.requested, session)  # a signal one rank saw stops all
                 steps_due = o.checkpoint_every_steps and state["batch"] % o.checkpoint_every_steps == 0
                 if stop.requested or steps_due:
-                    committed = run.commit(session, settings.values, state, committed)
+                    committed = run.commit(session, settings.values, state, committed, write=main)
                 if stop.requested:
                     bar.close()
-                    return _stopped(result, run, state, names, o)
+                    return _stopped(result, state, names, o)
             bar.close()
 
             epoch_losses = state["losses"][state["epoch_start"] :]
@@ -294,20 +350,42 @@ def train(o: TrainOptions) -> TrainResult:
                     session.scheduler_step()
             record["seconds"] = round(time.perf_counter() - started, 3)
             state["epochs"].append(record)
-            state.update(epoch=epoch + 1, batch=0, epoch_start=len(state["losses"]), skipped=0)
-            tqdm.write(epoch_line(record, epochs))
+            state.update(epoch=epoch + 1, batch=0, epoch_start=len(state["losses"]), skipped=0, epoch_offset=0)
+            write(epoch_line(record, epochs))
+            stop.requested = distributed.any_rank(stop.requested, session)
             if (epoch + 1) % o.checkpoint_every == 0 or epoch + 1 == epochs or stop.requested:
-                committed = run.commit(session, settings.values, state, committed)
+                committed = run.commit(session, settings.values, state, committed, write=main)
             if stop.requested:
-                return _stopped(result, run, state, names, o)
-    result.plot = _plot(run, state, names, o)
+                return _stopped(result, state, names, o)
+    result.plot = _plot(result, state, names, o)
     return result
 
 
-def _stopped(result: TrainResult, run: RunDir, state: dict, names: list[str], o: TrainOptions) -> TrainResult:
+def _layout(session) -> tuple[int, int]:
+    """(this process's rank, the number of processes) of a session: (0, 1) for a plain one."""
+    if isinstance(session, distributed.DataParallelSession):
+        return session.rank, session.world_size
+    return 0, 1
+
+
+def _silent(*args, **kwargs) -> None:
+    """What a rank other than 0 prints."""
+
+
+def _open(path: Path, o: TrainOptions, launched: int):
+    """A :class:`~optgraph.distributed.DataParallelSession` under an MPI launcher of several processes, else
+    a :class:`~optgraph.TrainingSession` (without asking MPI, which a launcher's environment would name)."""
+    if launched > 1:
+        return distributed.training_session(path, providers=o.providers)
+    from optgraph.session import TrainingSession
+
+    return TrainingSession(path, providers=o.providers)
+
+
+def _stopped(result: TrainResult, state: dict, names: list[str], o: TrainOptions) -> TrainResult:
     result.interrupted = True
     result.position = (state["epoch"], state["batch"])
-    result.plot = _plot(run, state, names, o)
+    result.plot = _plot(result, state, names, o)
     return result
 
 
@@ -323,8 +401,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _plot(run: RunDir, state: dict, names: list[str], o: TrainOptions) -> Path | None:
-    if not o.plot or not state["epochs"]:
+def _plot(result: TrainResult, state: dict, names: list[str], o: TrainOptions) -> Path | None:
+    if not o.plot or not state["epochs"] or result.rank != 0:
         return None
     if not installed(MATPLOTLIB[0]):
         print(f"loss curve skipped: matplotlib is not installed ({MATPLOTLIB[2]})", file=sys.stderr)
@@ -332,7 +410,7 @@ def _plot(run: RunDir, state: dict, names: list[str], o: TrainOptions) -> Path |
     from optgraph.cli.plot import plot_losses
 
     loss_like = next((n for n in names if n not in metrics.PERCENT), None)
-    return plot_losses(run.plot, state["losses"], state["epochs"], f"optgraph train {o.artifact}", loss_like)
+    return plot_losses(result.run.plot, state["losses"], state["epochs"], f"optgraph train {o.artifact}", loss_like)
 
 
 def _val_batches(val: datasets.Dataset, batch_size: int, static: int | None):
@@ -372,8 +450,18 @@ def _choose_metrics(session, val: datasets.Dataset, batch_size: int, static: int
 
 
 def evaluate(session, val: datasets.Dataset, batch_size: int, static: int | None, names: list[str]) -> dict:
-    """Each metric over the whole validation set, from the eval graph (eval mode; the state is not touched)."""
+    """Each metric over the whole validation set, from the eval graph (eval mode; the state is not touched).
+
+    Data-parallel, rank r evaluates batches r, r + N, ... and the ranks sum their sums and counts, so that
+    every rank has the same metrics (ReduceLROnPlateau must step alike everywhere). Collective then.
+    """
+    rank, world = _layout(session)
     total = metrics.Accumulator(names)
-    for rows, kept in _val_batches(val, batch_size, static):
-        total.add(*_outputs_and_target(session, val, rows, kept))
+    for index, (rows, kept) in enumerate(_val_batches(val, batch_size, static)):
+        if index % world == rank:
+            total.add(*_outputs_and_target(session, val, rows, kept))
+    if world > 1:
+        sums = distributed.all_sum([*total.sums.values(), *total.counts.values()], session)
+        total.sums = dict(zip(names, sums[: len(names)].tolist()))
+        total.counts = dict(zip(names, sums[len(names) :].tolist()))
     return total.result()

@@ -99,6 +99,17 @@ def test_a_kill_between_the_checkpoint_and_the_progress_file_resumes_from_what_t
         run.load()
 
 
+def test_the_committed_position_stays_the_one_its_checkpoint_holds_as_the_loop_goes_on(artifact, tmp_path):
+    run = RunDir(tmp_path / "run")
+    session = optgraph.TrainingSession(artifact)
+    state = {"epoch": 0, "batch": 1}
+    committed = run.commit(session, {"seed": 0}, state, None)
+    state["batch"] = 2  # the loop moves on in the same dict
+    # killed after the next save's pending record, before the save: the checkpoint holds batch 1
+    run._write({"settings": {"seed": 0}, "committed": committed, "pending": {"state": state}})
+    assert run.load()[1]["state"] == {"epoch": 0, "batch": 1}
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(artifact, tmp_path):
     data = tmp_path / "data.npz"
     np.savez(data, **factories.classes(3000, seed=2))

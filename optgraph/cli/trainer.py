@@ -324,11 +324,13 @@ def train(o: TrainOptions) -> TrainResult:
                     bar.set_postfix_str(f"loss {loss:.4f} lr {format_lr(lr_used)}", refresh=False)
                 state["batch"] = index + 1
                 bar.update(1)
-                stop.requested = distributed.any_rank(stop.requested, session)  # a signal one rank saw stops all
+                # a signal one rank saw stops all; the flag is not overwritten, as a signal that lands during
+                # the collective call would be lost: it is agreed on after the next step
+                stopping = distributed.any_rank(stop.requested, session)
                 steps_due = o.checkpoint_every_steps and state["batch"] % o.checkpoint_every_steps == 0
-                if stop.requested or steps_due:
+                if stopping or steps_due:
                     committed = run.commit(session, settings.values, state, committed, write=main)
-                if stop.requested:
+                if stopping:
                     bar.close()
                     return _stopped(result, state, names, o)
             bar.close()
@@ -352,10 +354,10 @@ def train(o: TrainOptions) -> TrainResult:
             state["epochs"].append(record)
             state.update(epoch=epoch + 1, batch=0, epoch_start=len(state["losses"]), skipped=0, epoch_offset=0)
             write(epoch_line(record, epochs))
-            stop.requested = distributed.any_rank(stop.requested, session)
-            if (epoch + 1) % o.checkpoint_every == 0 or epoch + 1 == epochs or stop.requested:
+            stopping = distributed.any_rank(stop.requested, session)
+            if (epoch + 1) % o.checkpoint_every == 0 or epoch + 1 == epochs or stopping:
                 committed = run.commit(session, settings.values, state, committed, write=main)
-            if stop.requested:
+            if stopping:
                 return _stopped(result, state, names, o)
     result.plot = _plot(result, state, names, o)
     return result

@@ -57,6 +57,7 @@ from optgraph.batch import check_batch
 from optgraph.devices import CPU_DEVICE
 from optgraph.errors import ArtifactError, InputError, NonFiniteError, OptgraphError, RunError
 from optgraph.session import (
+    CUDA,
     Swap,
     TrainingSession,
     _GraphRunner,
@@ -67,8 +68,8 @@ from optgraph.session import (
 )
 
 __all__ = [
-    "CommStats", "DataParallelSession", "PeerError", "abort", "all_sum", "any_rank", "deal", "joined_rank",
-    "launched_ranks", "shard", "training_session", "world",
+    "CommStats", "DataParallelSession", "PeerError", "abort", "all_sum", "any_rank", "deal", "gpu_per_rank",
+    "joined_rank", "launched_ranks", "shard", "training_session", "world",
 ]  # fmt: skip
 
 #: the graphs a data-parallel session runs (train_step is kept only to be saved)
@@ -296,6 +297,24 @@ def training_session(artifact: Artifact | str | os.PathLike, **options) -> Train
     return TrainingSession(artifact, **plain)
 
 
+def gpu_per_rank(providers: Sequence, machine_rank: int) -> list:
+    """``providers`` with CUDA, where it is named without options, on GPU ``machine_rank``.
+
+    One process per GPU, as torch's DDP runs: the ``k``-th rank on a machine trains on its GPU ``k``.
+    CUDA given with options (a ``device_id`` of the caller's choosing) is kept as given.
+    """
+    return [(CUDA, {"device_id": machine_rank}) if p == CUDA else p for p in providers]
+
+
+def _machine_rank(comm) -> tuple[int, int]:
+    """This process's index among the ranks of ``comm`` on its own machine, and their number."""
+    local = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+    try:
+        return local.Get_rank(), local.Get_size()
+    finally:
+        local.Free()
+
+
 def all_sum(values: np.ndarray | Sequence[float], session: TrainingSession) -> np.ndarray:
     """The element-wise sum of ``values`` (float64) over the ranks of ``session``, the same on every rank. Collective.
 
@@ -516,6 +535,8 @@ class DataParallelSession(TrainingSession):
             (``grad_step`` and ``update_step`` run without onnxruntime's memory pattern, as the train step does
             there, unless the options carry the config entry ``"optgraph.train_step_mem_pattern"`` = ``"1"``).
             Without session options, each rank runs onnxruntime on its share of the cores of its machine.
+            CUDA (the default where onnxruntime-gpu finds a GPU, or named without options) runs on the
+            rank's own GPU: the ``k``-th rank on a machine on GPU ``k`` (:func:`gpu_per_rank`).
         bucket_cap_mb: the largest gradient bucket, MiB (torch DDP's default is 25): gradients of one dtype
             share a bucket, one ``Allreduce`` each.
         gradient_transfer: how MPI reaches gradients in device memory: ``"direct"`` hands it the device
@@ -571,10 +592,7 @@ class DataParallelSession(TrainingSession):
 
     def _default_options(self) -> ort.SessionOptions:
         """Quiet logs, and onnxruntime threads for this rank's share of its machine's cores."""
-        MPI = _mpi()
-        local = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
-        ranks_here = local.Get_size()
-        local.Free()
+        _, ranks_here = _machine_rank(self._comm)
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         pinned = available < (os.cpu_count() or available)  # the launcher bound this rank to its own cores
         options = ort.SessionOptions()
@@ -601,7 +619,10 @@ class DataParallelSession(TrainingSession):
                 f"{GRAD_ACCUMULATION_STEPS_KEY} is {steps}, but {MICRO_STEP} is {'not ' * (steps > 1)}state"
             )
         self._steps_per_update = steps
-        providers = default_providers() if providers is None else list(providers)
+        if providers is None:
+            providers = default_providers()
+        if provider_options is None:
+            providers = gpu_per_rank(providers, _machine_rank(self._comm)[0])
         self._runners = {
             name: _Runner(
                 artifact.graphs[name], manifest.graphs[name], name, providers, provider_options, session_options

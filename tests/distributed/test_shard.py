@@ -106,3 +106,11 @@ def test_deal_pads_and_deals_any_order_as_distributed_sampler(world, drop_last):
 
 def test_any_rank_of_a_plain_session_is_the_flag_itself():
     assert distributed.any_rank(True, object()) is True and distributed.any_rank(0, object()) is False
+
+
+def test_each_rank_of_a_machine_gets_its_own_gpu_unless_the_caller_chose_one():
+    cpu, cuda = "CPUExecutionProvider", "CUDAExecutionProvider"
+    assert distributed.gpu_per_rank([cuda, cpu], 3) == [(cuda, {"device_id": 3}), cpu]
+    chosen = [(cuda, {"device_id": 0, "arena_extend_strategy": "kSameAsRequested"}), cpu]
+    assert distributed.gpu_per_rank(chosen, 3) == chosen
+    assert distributed.gpu_per_rank([cpu], 1) == [cpu]

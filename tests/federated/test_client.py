@@ -131,7 +131,12 @@ def test_a_bad_array_from_the_server_is_a_clear_error_and_the_state_is_untouched
     client.fit(client.get_parameters({}), {})  # optimizer state to keep
     before = client.session.read_state()
     sent = _bad(case, [w + 1 for w in client.get_parameters({})])
-    match = {"count": "sent 8 arrays, this client exchanges 9", "none": "sent None", "shape": r"array 1 .*expected", "dtype": "float64"}[case]
+    match = {
+        "count": "sent 8 arrays, this client exchanges 9",
+        "none": "sent None",
+        "shape": r"array 1 .*expected",
+        "dtype": "float64",
+    }[case]
     with pytest.raises(ValueError, match=match):
         getattr(client, method)(sent, {})
     after = client.session.read_state()

@@ -33,7 +33,6 @@ import hashlib
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +53,9 @@ from optgraph.artifact.names import (
     Role,
 )
 from optgraph.batch import check_batch
-from optgraph.devices import CPU_DEVICE, can_allocate, state_device
+from optgraph.devices import CPU_DEVICE
 from optgraph.errors import ArtifactError, InputError, NonFiniteError, OptgraphError, RunError
-from optgraph.session import ORT_ERRORS, TrainingSession, _GraphRunner, _StateStore, default_providers
+from optgraph.session import ORT_ERRORS, TrainingSession, _GraphRunner, _StateStore, default_providers, state_store
 
 __all__ = [
     "CommStats", "DataParallelSession", "PeerError", "any_rank", "deal", "launched_ranks", "shard", "training_session",
@@ -542,7 +541,8 @@ class DataParallelSession(TrainingSession):
         return options
 
     def _open(self, artifact, providers, session_options, provider_options) -> None:
-        if not isinstance(artifact, Artifact):
+        owned = not isinstance(artifact, Artifact)  # read here: its arrays become the state, no copy
+        if owned:
             artifact = Artifact.load(artifact)
         manifest = artifact.manifest
         missing = [name for name in _GRAPHS if name not in manifest.graphs]
@@ -567,17 +567,7 @@ class DataParallelSession(TrainingSession):
             for name in _GRAPHS
         }
         self._providers = providers
-        grad = self._runners[GraphName.GRAD_STEP].session
-        device = state_device(grad.get_providers(), grad.get_provider_options())
-        if not can_allocate(device):
-            warnings.warn(
-                f"this onnxruntime build cannot place OrtValues on {device} for {grad.get_providers()[0]}: "
-                "the state stays in host memory",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            device = CPU_DEVICE
-        self._store = _StateStore({n: artifact.state[n] for n in manifest.state_specs()}, device)
+        self._store = state_store(self._runners[GraphName.GRAD_STEP].session, artifact, owned, stacklevel=3)
         self._artifact = Artifact(manifest, artifact.graphs, {})  # every graph, to save a complete artifact
         for runner in self._runners.values():
             runner.prepare(self._store)

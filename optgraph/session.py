@@ -298,6 +298,24 @@ class _GraphRunner:
         return arrays
 
 
+def state_store(session: ort.InferenceSession, artifact: Artifact, owned: bool, stacklevel: int) -> _StateStore:
+    """Every state tensor of ``artifact`` on the device of ``session``'s first execution provider (in host memory,
+    with a warning, where this onnxruntime build cannot place it there). ``owned``: the artifact was read by the
+    caller, so its arrays become the state without a copy (and leave ``artifact.state``). ``stacklevel``: the
+    warning's, counted from the caller."""
+    device = state_device(session.get_providers(), session.get_provider_options())
+    if not can_allocate(device):
+        warnings.warn(
+            f"this onnxruntime build cannot place OrtValues on {device} for {session.get_providers()[0]}: "
+            "the state stays in host memory",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,  # the code that opened the session
+        )
+        device = CPU_DEVICE
+    state = artifact.state if owned else {n: artifact.state[n] for n in artifact.manifest.state_specs()}
+    return _StateStore(state, device, owned)
+
+
 class TrainingSession:
     """Train an artifact with onnxruntime.
 
@@ -336,20 +354,9 @@ class TrainingSession:
             )
             for name in GRAPH_NAMES
         }
-        train = self._runners[GraphName.TRAIN_STEP].session
-        device = state_device(train.get_providers(), train.get_provider_options())
-        if not can_allocate(device):
-            warnings.warn(
-                f"this onnxruntime build cannot place OrtValues on {device} for {train.get_providers()[0]}: "
-                "the state stays in host memory",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            device = CPU_DEVICE
         # The store holds every state tensor: keep only the graphs and the manifest, so that no array is held
         # twice (an Artifact the caller passed is left as it is; the store copies its arrays).
-        state = artifact.state if owned else {n: artifact.state[n] for n in manifest.state_specs()}
-        self._store = _StateStore(state, device, owned)
+        self._store = state_store(self._runners[GraphName.TRAIN_STEP].session, artifact, owned, stacklevel=2)
         self._artifact = Artifact(manifest, artifact.graphs, {})
         del artifact
         for runner in self._runners.values():

@@ -125,7 +125,8 @@ def _check_split(where: Path, manifest: Manifest, state: dict[str, TensorSpec]) 
             raise ArtifactError(f"{where}: {graph} must output {name!r}, a {Role.STATUS.value} bool scalar")
     produced = [t for t in grad.outputs if t.role == Role.GRAD]
     for t in produced:
-        param = state.get(t.meta.get(PARAM_KEY))
+        owner = t.meta.get(PARAM_KEY)
+        param = state.get(owner) if isinstance(owner, str) else None
         if (
             param is None
             or param.role != Role.PARAM

@@ -142,10 +142,16 @@ def adam_moments(ctx: UpdateContext, u: ir.Value, state: State, beta1: float, be
 
 
 class Scaled(NamedTuple):
-    """An update ``value * factor`` whose float64 scalar ``factor`` :func:`emit_chain` has yet to apply."""
+    """The update ``value * (1 / denominator) / divisor``, left for :func:`emit_chain` to compute.
+
+    The chain first multiplies the scalar factors of the rules that follow (the learning rate) into the
+    numerator, then computes ``(value * (numerator / denominator)) / divisor``: torch's
+    ``param.addcdiv_(value, divisor, value=-lr / denominator)``, rounding for rounding.
+    """
 
     value: ir.Value
-    factor: ir.Value
+    denominator: ir.Value | None = None  # float64 scalar
+    divisor: ir.Value | None = None  # a tensor like value
 
 
 class ParamInfo(NamedTuple):
@@ -297,9 +303,9 @@ class ScaleByAdam(UpdateRule):
         denom = b.op(
             "Add", b.op("Div", b.op("Sqrt", v), ctx.to_param_dtype(bias_correction2_sqrt)), ctx.const(self.eps)
         )
-        # torch: param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1): 1 / bias_correction1 waits
-        # for the learning rate, and the two meet as one float32 factor
-        return Scaled(b.op("Div", m, denom), b.op("Div", ctx.double(1.0), bias_correction1)), new_state
+        # torch: param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1), computed by emit_chain once
+        # the learning rate has joined the scalar
+        return Scaled(m, bias_correction1, denom), new_state
 
 
 @dataclass(frozen=True)
@@ -720,27 +726,34 @@ def emit_chain(
     in float64 and applied to the tensor once, where the next rule needs the tensor or at the end.
     """
     b = ctx.builder
-    u, factor, param_factor = grad, None, None
+    # the update is (u * numerator / denominator) / divisor until a rule needs it as a tensor
+    u, numerator, denominator, divisor, param_factor = grad, None, None, None, None
     new_state: dict[str, ir.Value] = {}
 
     def times(x: ir.Value | None, y: ir.Value) -> ir.Value:
         return y if x is None else b.op("Mul", x, y)
 
+    def computed() -> ir.Value:
+        scalar = numerator
+        if denominator is not None:
+            scalar = b.op("Div", ctx.double(1.0) if numerator is None else numerator, denominator)
+        value = u if scalar is None else b.op("Mul", u, ctx.to_param_dtype(scalar))
+        return value if divisor is None else b.op("Div", value, divisor)
+
     for rule in rules:
         if (scale := rule.factor(ctx)) is not None:
-            factor = times(factor, scale)
+            numerator = times(numerator, scale)
             continue
         if (scale := rule.param_factor(ctx)) is not None:
             param_factor = times(param_factor, scale)
             continue
-        if factor is not None:
-            u, factor = b.op("Mul", u, ctx.to_param_dtype(factor)), None
+        u = computed()
+        numerator = denominator = divisor = None
         u, rule_state = rule.emit(ctx, u, state)
         if isinstance(u, Scaled):
-            u, factor = u
+            u, denominator, divisor = u
         new_state.update(rule_state)
-    if factor is not None:
-        u = b.op("Mul", u, ctx.to_param_dtype(factor))
+    u = computed()
     param = ctx.param if param_factor is None else b.op("Mul", ctx.param, ctx.to_param_dtype(param_factor))
     new_param = b.op("Add", param, u)
     for rule in rules:

@@ -180,7 +180,8 @@ def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec
     if TRAINABLE_KEY in spec.meta and not isinstance(spec.meta[TRAINABLE_KEY], bool):
         raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean {TRAINABLE_KEY!r}")
     if spec.role == Role.GLOBAL_PARAM:
-        param = state.get(spec.meta.get(PARAM_KEY))
+        owner = spec.meta.get(PARAM_KEY)
+        param = state.get(owner) if isinstance(owner, str) else None
         if (
             param is None
             or spec.name != global_param_name(param.name)

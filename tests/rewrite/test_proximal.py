@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,9 @@ from torch import nn
 
 import optgraph
 from optgraph import optim
+from optgraph.artifact import Artifact
 from optgraph.artifact.names import PROXIMAL_MU_KEY, Role, global_param_name
+from optgraph.errors import ArtifactError
 
 CPU = ["CPUExecutionProvider"]
 MU = 0.3
@@ -88,3 +92,19 @@ def test_frozen_parameters_have_no_global_weights_and_the_artifact_round_trips(t
     artifact.save(tmp_path / "a")
     session = optgraph.TrainingSession(tmp_path / "a", providers=CPU)
     assert np.isfinite(session.step(x.numpy(), y.numpy()))
+
+
+@pytest.mark.parametrize("owner", ["fc2.weight", ["fc1.weight"], {"p": 1}, None])
+def test_global_weights_after_the_wrong_param_are_an_artifact_error(tmp_path, owner):
+    model = make_model("mlp")
+    x, y = make_batch("mlp", 4, torch.Generator().manual_seed(0))
+    artifact = optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss(), optim.SGD(lr=0.1), proximal_mu=MU)
+    directory = artifact.save(tmp_path / "a")
+    data = json.loads((directory / "manifest.json").read_text())
+    for graph in data["graphs"].values():
+        for t in graph["inputs"]:
+            if t["name"] == global_param_name("fc1.weight"):
+                t["param"] = owner
+    (directory / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="global weights 'global.fc1.weight' must be named"):
+        Artifact.load(directory)

@@ -26,6 +26,7 @@ from optgraph.artifact.names import (
     OUTPUTS_KEY,
     PARAM_GROUPS_KEY,
     PRODUCER_KEY,
+    PROXIMAL_MU_KEY,
     STATE_HAS_STEP_KEY,
     SYMBOLS_KEY,
     TARGETS_KEY,
@@ -48,6 +49,7 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
     grad_accumulation_steps: int = 1,
     dynamic_shapes: dict | None = None,
     *,
+    proximal_mu: float | None = None,
     dynamic_batch: bool | None = None,
 ) -> Artifact:
     """Compile a model, its loss, an optimizer and a schedule into one training artifact.
@@ -73,12 +75,16 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
             are checked on every batch), ``torch.export.Dim.AUTO`` for a name to infer. ``{}``: every
             dimension static. The manifest records the symbols and each input's shape in them; a
             session checks every batch against them.
+        proximal_mu: FedProx's mu (federated training, ``optgraph.federated``): the train step minimizes
+            ``loss + mu/2 * ||w - w_global||^2`` over the trainable parameters ``w``, with the global weights
+            ``w_global`` as state (``global.<param>``, the initial parameters until a client sets them each
+            round); the loss it reports includes the term. None or 0: no term.
         dynamic_batch: deprecated spelling of ``dynamic_shapes``: True is None, False is ``{}``.
 
     Returns:
         An :class:`~optgraph.artifact.Artifact`; ``save`` it or open a ``TrainingSession`` on it.
     """
-    _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
+    _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps, proximal_mu)
     if dynamic_batch is not None:
         warnings.warn(
             "compile(dynamic_batch=...) is deprecated: use dynamic_shapes=None (dynamic_batch=True) "
@@ -89,10 +95,10 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives
     from optgraph.capture import capture  # torch is imported here, not with optgraph
 
     captured = capture(model, example_inputs, example_targets, loss_fn, dynamic_shapes, dynamic_batch=dynamic_batch)
-    return build_artifact(captured, optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
+    return build_artifact(captured, optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps, proximal_mu)
 
 
-def _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps) -> None:
+def _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps, proximal_mu=None) -> None:
     if optimizer is not None and not isinstance(optimizer, optim.Optimizer):
         raise TypeError(f"optimizer must be an optgraph.optim optimizer, got {type(optimizer).__name__}")
     if lr_scheduler is not None and not isinstance(lr_scheduler, schedules.LRScheduler):
@@ -105,6 +111,10 @@ def _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_st
         or grad_accumulation_steps < 1
     ):
         raise ValueError(f"grad_accumulation_steps must be a positive integer, got {grad_accumulation_steps!r}")
+    if proximal_mu is not None and (
+        isinstance(proximal_mu, bool) or not isinstance(proximal_mu, (int, float)) or not 0 <= proximal_mu < np.inf
+    ):
+        raise ValueError(f"proximal_mu must be a non-negative float or None, got {proximal_mu!r}")
 
 
 def build_artifact(
@@ -113,16 +123,18 @@ def build_artifact(
     lr_scheduler: schedules.LRScheduler | None = None,
     clip_grad_norm: float | None = None,
     grad_accumulation_steps: int = 1,
+    proximal_mu: float | None = None,
 ) -> Artifact:
     """Rewrite a :class:`~optgraph.capture.Captured` into an artifact (the capture is left unchanged)."""
     import onnx_ir as ir
 
     from optgraph.rewrite.pipeline import rewrite_training
 
-    _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps)
+    _check_options(optimizer, lr_scheduler, clip_grad_norm, grad_accumulation_steps, proximal_mu)
+    proximal_mu = float(proximal_mu) if proximal_mu else None  # 0: plain averaging, no term
     optimizer = optim.Adam() if optimizer is None else optimizer
     schedule = schedules.NoSchedule() if lr_scheduler is None else lr_scheduler
-    rewritten = rewrite_training(captured, optimizer, schedule, clip_grad_norm, grad_accumulation_steps)
+    rewritten = rewrite_training(captured, optimizer, schedule, clip_grad_norm, grad_accumulation_steps, proximal_mu)
 
     ranges = {
         GraphName.TRAIN_STEP: captured.train_index_ranges,
@@ -148,6 +160,7 @@ def build_artifact(
         ],
         CLIP_GRAD_NORM_KEY: clip_grad_norm,
         GRAD_ACCUMULATION_STEPS_KEY: grad_accumulation_steps,
+        PROXIMAL_MU_KEY: proximal_mu,
         PRODUCER_KEY: _producer(),
     }
     serialized = {name: ir.to_proto(m).SerializeToString() for name, m in rewritten.graphs.items()}

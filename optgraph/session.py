@@ -77,6 +77,13 @@ def _cuda_works() -> bool:
     return session.get_providers()[0] == CUDA
 
 
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`TrainingSession.load_state_dict` did not match, as torch's ``load_state_dict`` returns it."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
 class StateInfo(NamedTuple):
     """One state tensor as it is held, read without copying its data to the host."""
 
@@ -117,6 +124,49 @@ class _StateStore:
         # OrtValue.numpy() on CPU is a view of the state buffer, which the next step overwrites
         # (double buffering) and which dies with the session: hand out a copy.
         return np.array(self.values[name].numpy(), copy=True)
+
+    def checked(self, name: str, value, key: str | None = None) -> np.ndarray:
+        """``value`` as a C-contiguous array of ``name``'s dtype and shape, or a ValueError saying what differs.
+
+        ``key``: the name the caller gave the value under, for the message (default ``name``).
+        """
+        info, key = self.info(name), name if key is None else key
+        try:
+            array = np.asarray(value)
+        except Exception as e:  # noqa: BLE001 - whatever the object, the message says what it was
+            raise ValueError(f"cannot read {key} ({type(value).__name__}) as an array: {e}") from None
+        if tuple(array.shape) != info.shape:
+            raise ValueError(
+                f"size mismatch for {key}: copying a value with shape {tuple(array.shape)}, "
+                f"the shape in the session is {info.shape}."
+            )
+        if array.dtype != np.dtype(info.dtype):
+            raise ValueError(
+                f"dtype mismatch for {key}: copying a value of {array.dtype}, the session holds {info.dtype} "
+                "(optgraph does not cast state)."
+            )
+        return np.ascontiguousarray(array)
+
+    def write(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy checked arrays into the current OrtValues, on their device, all of them.
+
+        Writing into the current buffer suits both kinds of state: an in-place output is written into it
+        by the next run, and a double-buffered one is read from it. A Ctrl-C in the middle is held until
+        every array is written, so that the state is never half loaded.
+        """
+        pending = list(arrays.items())
+        interrupted = None
+        while True:
+            try:
+                while pending:
+                    name, array = pending[0]
+                    self.values[name].update_inplace(array)
+                    pending.pop(0)  # a write repeated after an interrupt between these two lines is harmless
+                break
+            except KeyboardInterrupt as e:
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
 
 
 _ORT_TYPES = {
@@ -422,6 +472,76 @@ class TrainingSession:
         for alias, name in self._artifact.manifest.extra.get(ALIASES_KEY, {}).items():
             state[alias] = state[name]
         return state
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+        """Load parameters and buffers by torch name into the running session, as torch's ``load_state_dict``.
+
+        ``state_dict`` maps names to arrays (numpy arrays, CPU torch tensors, anything ``numpy.asarray``
+        reads), e.g. :meth:`state_dict`'s or a torch model's ``state_dict()``. The keys expected are those of
+        :meth:`state_dict`: every parameter (frozen ones too) and buffer, and each second name of a tied
+        weight (``aliases``); a tied weight given under both names takes the value of its graph name. Each
+        array must have the dtype and shape the session holds (no casting). Every check runs before any
+        write: on an error the state is untouched. Optimizer state, schedule and counters are left as they
+        are.
+
+        Args:
+            state_dict: arrays by torch name.
+            strict: as torch: a missing or unexpected key is an error; with False, the keys given are loaded
+                and the others reported.
+
+        Returns:
+            ``IncompatibleKeys(missing_keys, unexpected_keys)``, as torch returns them.
+
+        Raises:
+            RuntimeError: as torch words it, ``Error(s) in loading state_dict``, listing the missing and
+                unexpected keys (strict only) and every size or dtype mismatch (always).
+        """
+        if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict).__name__}.")
+        aliases = self._artifact.manifest.extra.get(ALIASES_KEY, {})
+        names = [t.name for t in self._specs(Role.PARAM, Role.BUFFER)]
+        expected = set(names) | set(aliases)
+        missing = [n for n in [*names, *aliases] if n not in state_dict]
+        unexpected = [str(k) for k in state_dict.keys() if k not in expected]
+        errors, arrays = [], {}
+        sources = {n: n for n in names} | dict(aliases)
+        for key in [*names, *aliases]:
+            if key not in state_dict or sources[key] in arrays:
+                continue
+            try:
+                arrays[sources[key]] = self._store.checked(sources[key], state_dict[key], key)
+            except ValueError as e:
+                errors.append(str(e))
+        # torch's order: missing, unexpected, then the mismatches
+        if strict and unexpected:
+            errors.insert(0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+        if strict and missing:
+            errors.insert(0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
+        if errors:
+            raise RuntimeError("Error(s) in loading state_dict for TrainingSession:\n\t" + "\n\t".join(errors))
+        self._store.write(arrays)
+        return IncompatibleKeys(missing, unexpected)
+
+    def read_state(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Copies of state tensors by checkpoint name (those of :meth:`state_info`; None: all of them)."""
+        names = list(self._store.values) if names is None else list(names)
+        unknown = [n for n in names if n not in self._store.values]
+        if unknown:
+            raise KeyError(f"no state tensor named {', '.join(map(repr, unknown))} in this session")
+        return {name: self._store.read(name) for name in names}
+
+    def load_state(self, arrays: dict) -> None:
+        """Set state tensors by checkpoint name (those of :meth:`state_info`): any subset, all or nothing.
+
+        The low-level counterpart of :meth:`load_state_dict` for any state (optimizer slots, counters,
+        FedProx's global weights): each array must have the tensor's dtype and shape, and every check runs
+        before any write, so that an error leaves the state untouched.
+        """
+        unknown = [str(n) for n in arrays if n not in self._store.values]
+        if unknown:
+            raise KeyError(f"no state tensor named {', '.join(map(repr, unknown))} in this session")
+        checked = {name: self._store.checked(name, value) for name, value in arrays.items()}
+        self._store.write(checked)
 
     def optimizer_state_dict(self) -> dict[str, dict[str, np.ndarray]]:
         """Optimizer state per parameter with torch's slot names; empty before the first step (as torch)."""

@@ -3,7 +3,8 @@
 artifact (names, manifest, checks, storage) -> graph (the builder) -> optim and lr_scheduler (rules and
 schedules) -> rewrite (the passes) -> api; capture sits beside them and alone imports torch; the session
 and batch checks use the artifact layer only; distributed (data-parallel training) builds on the session
-and alone imports mpi4py. Imports under ``if TYPE_CHECKING:`` are for annotations
+and alone imports mpi4py; federated (a Flower client around the session, with the validation
+metrics of the command line) alone imports flwr. Imports under ``if TYPE_CHECKING:`` are for annotations
 and do not count.
 """
 
@@ -30,11 +31,13 @@ ALLOWED = {
     "inference": {"artifact", "errors"},
     "session": {"artifact", "batch", "devices", "errors", "inference"},
     "distributed": {"artifact", "batch", "devices", "errors", "session"},
+    "federated": {"artifact", "cli", "errors", "session"},
 }
 THIRD_PARTY_ONLY_IN = {
     "torch": {"capture", "api", "demo", "cli"},
     "onnxruntime": {"session", "devices", "inference", "distributed"},
     "mpi4py": {"distributed"},
+    "flwr": {"federated"},
 }
 
 

@@ -19,6 +19,7 @@ from optgraph.artifact.names import (
     ALIASES_KEY,
     CHECKPOINT_FILE,
     FINITE,
+    GLOBAL_PARAM_PREFIX,
     IN_PLACE_KEY,
     LOSS,
     MANIFEST_FILE,
@@ -26,6 +27,7 @@ from optgraph.artifact.names import (
     OPTIMIZER_KEY,
     PACKED_KEY,
     PARAM_KEY,
+    PROXIMAL_MU_KEY,
     SCHEDULE_LR,
     SHA256_KEY,
     SLOT_KEY,
@@ -36,6 +38,7 @@ from optgraph.artifact.names import (
     UPDATE_APPLIED,
     GraphName,
     Role,
+    global_param_name,
     grad_name,
     optim_pack_slot_name,
     optim_slot_name,
@@ -176,6 +179,20 @@ def _check_state_meta(where: Path, spec: TensorSpec, state: dict[str, TensorSpec
         raise ArtifactError(f"{where}: state {spec.name!r} has a symbolic shape {spec.shape}; state shapes are fixed")
     if TRAINABLE_KEY in spec.meta and not isinstance(spec.meta[TRAINABLE_KEY], bool):
         raise ArtifactError(f"{where}: state {spec.name!r} has a non-boolean {TRAINABLE_KEY!r}")
+    if spec.role == Role.GLOBAL_PARAM:
+        owner = spec.meta.get(PARAM_KEY)
+        param = state.get(owner) if isinstance(owner, str) else None
+        if (
+            param is None
+            or spec.name != global_param_name(param.name)
+            or param.role != Role.PARAM
+            or param.meta.get(TRAINABLE_KEY) is not True
+            or (param.dtype, param.shape) != (spec.dtype, spec.shape)
+        ):
+            raise ArtifactError(
+                f"{where}: global weights {spec.name!r} must be named {GLOBAL_PARAM_PREFIX}<param> after their "
+                f"{PARAM_KEY!r}, a trainable parameter of the same dtype and shape, got {spec.meta.get(PARAM_KEY)!r}"
+            )
     if spec.role == Role.OPTIM_STATE and PACKED_KEY in spec.meta:
         _check_pack(where, spec, state)
     elif spec.role == Role.OPTIM_STATE:
@@ -250,6 +267,11 @@ def _check_extra(where: Path, extra: dict[str, Any], state: dict[str, TensorSpec
     optimizer = extra.get(OPTIMIZER_KEY, {})
     if not isinstance(optimizer, dict) or not isinstance(optimizer.get(STATE_HAS_STEP_KEY, False), bool):
         raise ArtifactError(f"{where}: {OPTIMIZER_KEY!r} must be an object with a boolean {STATE_HAS_STEP_KEY!r}")
+    mu = extra.get(PROXIMAL_MU_KEY)
+    if mu is not None and (isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 < mu < float("inf")):
+        raise ArtifactError(f"{where}: {PROXIMAL_MU_KEY!r} must be a positive number or null, got {mu!r}")
+    if (mu is not None) != any(t.role == Role.GLOBAL_PARAM for t in state.values()):
+        raise ArtifactError(f"{where}: {PROXIMAL_MU_KEY!r} and the {Role.GLOBAL_PARAM.value!r} state come together")
     digests = extra.get(SHA256_KEY, {})
     if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
         raise ArtifactError(f"{where}: {SHA256_KEY!r} must map file names to hex digests")

@@ -56,12 +56,16 @@ class Role(_Name):
     OUTPUT = "output"
     STATUS = "status"
     GRAD = "grad"  # a gradient: an output of grad_step, an input of update_step
+    GLOBAL_PARAM = "global_param"  # FedProx: the global weights w_global a trainable parameter is pulled toward
 
 
 ROLES = frozenset(Role)
 STATE_ROLES = frozenset(
-    {Role.PARAM, Role.BUFFER, Role.OPTIM_STATE, Role.SCHEDULE_STATE, Role.COUNTER, Role.GRAD_ACCUMULATOR}
-)
+    {
+        Role.PARAM, Role.BUFFER, Role.OPTIM_STATE, Role.SCHEDULE_STATE, Role.COUNTER, Role.GRAD_ACCUMULATOR,
+        Role.GLOBAL_PARAM,
+    }
+)  # fmt: skip
 
 # Results of train_step besides the state.
 LOSS = "loss"
@@ -144,6 +148,14 @@ def accumulator_name(param: str) -> str:
     return "accum." + grad_name(param)
 
 
+GLOBAL_PARAM_PREFIX = "global."
+
+
+def global_param_name(param: str) -> str:
+    """FedProx's global value of ``param`` (``compile(proximal_mu=...)``): ``global.fc1.weight``."""
+    return GLOBAL_PARAM_PREFIX + param
+
+
 # Batch and result names the capture gives (keyword names of model.forward are kept as they are).
 def target_names(count: int) -> list[str]:
     """``target`` for one target, else ``target_0``, ``target_1``, ..."""
@@ -176,6 +188,7 @@ LR_SCHEDULER_KEY = "lr_scheduler"
 PARAM_GROUPS_KEY = "param_groups"
 CLIP_GRAD_NORM_KEY = "clip_grad_norm"
 GRAD_ACCUMULATION_STEPS_KEY = "grad_accumulation_steps"
+PROXIMAL_MU_KEY = "proximal_mu"  # FedProx's mu, or null: the train step adds mu/2 * ||w - w_global||^2 to the loss
 PRODUCER_KEY = "producer"
 SHA256_KEY = "sha256"  # {file name: hex digest} of the graphs and the checkpoint
 
@@ -184,6 +197,7 @@ TENSOR_KEYS = frozenset({TRAINABLE_KEY, PARAM_KEY, SLOT_KEY, PACKED_KEY, INDEX_R
 MANIFEST_KEYS = frozenset(
     {
         DATA_INPUTS_KEY, TARGETS_KEY, OUTPUTS_KEY, ALIASES_KEY, SYMBOLS_KEY, DYNAMIC_BATCH_KEY, OPTIMIZER_KEY,
-        LR_SCHEDULER_KEY, PARAM_GROUPS_KEY, CLIP_GRAD_NORM_KEY, GRAD_ACCUMULATION_STEPS_KEY, PRODUCER_KEY, SHA256_KEY,
+        LR_SCHEDULER_KEY, PARAM_GROUPS_KEY, CLIP_GRAD_NORM_KEY, GRAD_ACCUMULATION_STEPS_KEY, PROXIMAL_MU_KEY, PRODUCER_KEY,
+        SHA256_KEY,
     }
 )  # fmt: skip

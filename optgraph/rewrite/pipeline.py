@@ -44,6 +44,7 @@ from optgraph.rewrite.accumulate import Accumulation, accumulate_gradients, gate
 from optgraph.rewrite.attach_optimizer import AttachedOptimizer, attach_optimizer
 from optgraph.rewrite.clip import clip_gradients
 from optgraph.rewrite.in_place import in_place_outputs
+from optgraph.rewrite.proximal import add_proximal_term
 from optgraph.rewrite.scheduler_graph import build_scheduler_step
 from optgraph.rewrite.skip_non_finite import report_finite, skip_non_finite
 from optgraph.rewrite.state import StateTensor
@@ -87,22 +88,29 @@ def rewrite_training(
     schedule: LRScheduler,
     clip_grad_norm: float | None = None,
     grad_accumulation_steps: int = 1,
+    proximal_mu: float | None = None,
 ) -> TrainingGraphs:
     """Append the optimizer, schedule, clipping, accumulation and non-finite guard to a capture.
 
+    With ``proximal_mu``, FedProx's proximal term is added to the loss first (``rewrite/proximal.py``).
     The capture is left unchanged: the passes work on copies of its train graph.
     """
     groups = optimizer.resolve(captured.trainable)
-    train = _copy(captured.train)
+    train, proximal = _forward(captured, proximal_mu)
     accumulation = _backward(train, grad_accumulation_steps)
     attached = _update(train, optimizer, schedule, groups, clip_grad_norm, accumulation, captured.trainable)
     skip_non_finite(train, attached.gradients.values(), captured.updated_buffers)
     scheduler = build_scheduler_step(schedule, groups, train.opset_imports[""], train.ir_version)
     _COMMON_SUBEXPRESSIONS(scheduler.model)
-    grad_step = _grad_step(captured, grad_accumulation_steps)
+    grad_step = _grad_step(captured, grad_accumulation_steps, proximal_mu)
     update_step = _update_step(captured, optimizer, schedule, groups, clip_grad_norm)
 
-    added = attached.new_state + scheduler.new_state + (accumulation.new_state if accumulation is not None else [])
+    added = (
+        proximal
+        + attached.new_state
+        + scheduler.new_state
+        + (accumulation.new_state if accumulation is not None else [])
+    )
     new_state = {t.name: t for t in added}
     graphs = {
         GraphName.TRAIN_STEP: train,
@@ -123,6 +131,14 @@ def rewrite_training(
 
 def _copy(model: ir.Model) -> ir.Model:
     return ir.from_proto(ir.to_proto(model))
+
+
+def _forward(captured: Captured, proximal_mu: float | None) -> tuple[ir.Model, list[StateTensor]]:
+    """A copy of the captured train graph, with the proximal term when ``proximal_mu`` is given."""
+    model = _copy(captured.train)
+    if proximal_mu is None:
+        return model, []
+    return model, add_proximal_term(model, float(proximal_mu), captured.trainable, captured.state)
 
 
 def _backward(model: ir.Model, steps: int) -> Accumulation | None:
@@ -152,9 +168,9 @@ def _update(
     return attached
 
 
-def _grad_step(captured: Captured, steps: int) -> ir.Model:
+def _grad_step(captured: Captured, steps: int, proximal_mu: float | None) -> ir.Model:
     """Forward and backward (and accumulation) with each gradient an output, and the ``FINITE`` report."""
-    model = _copy(captured.train)
+    model, _ = _forward(captured, proximal_mu)
     model.graph.name = GraphName.GRAD_STEP.value
     _backward(model, steps)
     _COMMON_SUBEXPRESSIONS(model)

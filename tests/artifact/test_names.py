@@ -32,6 +32,7 @@ PATTERNS = {  # the name functions of names.py, with the placeholders the docume
     "optim_slot_name": names.optim_slot_name("<slot>", "<param>"),
     "optim_pack_slot_name": names.optim_pack_slot_name("<slot>", "<group>", "<k>"),
     "accumulator_name": names.accumulator_name("<param>"),
+    "global_param_name": names.global_param_name("<param>"),
 }
 
 
@@ -142,7 +143,10 @@ def test_the_state_name_table():
         assert roles and set(roles) <= set(names.STATE_ROLES), f"not state roles: {roles}"
         for name in backquoted(name_cell):
             documented.setdefault(name, set()).update(roles)
-    slot_patterns = {PATTERNS["optim_slot_name"], PATTERNS["optim_pack_slot_name"], PATTERNS["accumulator_name"]}
+    slot_patterns = {
+        PATTERNS["optim_slot_name"], PATTERNS["optim_pack_slot_name"], PATTERNS["accumulator_name"],
+        PATTERNS["global_param_name"],
+    }  # fmt: skip
     for name in STATE_NAMES | PLATEAU_STATE | slot_patterns:
         assert name in documented, f"the state table does not show {name}"
     assert {role for rs in documented.values() for role in rs} == set(names.STATE_ROLES)
@@ -154,6 +158,7 @@ def test_the_state_name_table():
         PATTERNS["optim_slot_name"]: names.Role.OPTIM_STATE,
         PATTERNS["optim_pack_slot_name"]: names.Role.OPTIM_STATE,
         PATTERNS["accumulator_name"]: names.Role.GRAD_ACCUMULATOR,
+        PATTERNS["global_param_name"]: names.Role.GLOBAL_PARAM,
     } | {name: names.Role.SCHEDULE_STATE for name in PLATEAU_STATE}
     for name, role in expected_roles.items():
         assert role in documented[name], f"{name} is documented without its role {role}"

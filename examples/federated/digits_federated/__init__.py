@@ -1,0 +1,1 @@
+"""optgraph's digits demo as a Flower app: clients train an optgraph artifact on onnxruntime, without torch."""

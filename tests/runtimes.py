@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,18 @@ def require(ok: bool, what: str, how: str) -> None:
     if os.environ.get("OPTGRAPH_REQUIRE_RUNTIMES") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def mpiexec() -> str:
+    """The MPI launcher beside this Python (the mpich wheel's) or on the PATH; skips (or fails) without one."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which("mpiexec", path=path)
+    require(
+        importlib.util.find_spec("mpi4py") is not None and found is not None,
+        "mpi4py with an MPI launcher (mpiexec)",
+        "pip install 'optgraph[mpi]' (mpi4py and the mpich wheel)",
+    )
+    return found
 
 
 @functools.cache

@@ -6,7 +6,6 @@ compares with a one-process run in this process.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,24 +19,13 @@ import factories
 import numpy as np
 import pytest
 from cli_helpers import FACTORIES, HERE, ROOT, child_env, cli
-from runtimes import require
+from runtimes import mpiexec
 from safetensors.numpy import load_file
 
 import optgraph
 from optgraph.artifact.names import CHECKPOINT_FILE
 
 RTOL, ATOL = 1e-5, 1e-6  # as tests/distributed: float32 sums in another order
-
-
-def mpiexec() -> str:
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which("mpiexec", path=path)
-    require(
-        importlib.util.find_spec("mpi4py") is not None and found is not None,
-        "mpi4py with an MPI launcher (mpiexec)",
-        "pip install 'optgraph[mpi]' (mpi4py and the mpich wheel)",
-    )
-    return found
 
 
 def launch(*args, ranks: int = 2, timeout: float = 180, **popen) -> subprocess.Popen:

@@ -8,10 +8,8 @@ statistics are per rank, so no single batch reproduces them).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from models import MLP, TinyLM, flat_cross_entropy
-from runtimes import require
+from runtimes import mpiexec
 from torch import nn
 
 import optgraph
@@ -32,17 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 CPU = ["CPUExecutionProvider"]
 RTOL, ATOL = 1e-5, 1e-6
-
-
-def mpiexec() -> str:
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which("mpiexec", path=path)
-    require(
-        importlib.util.find_spec("mpi4py") is not None and found is not None,
-        "mpi4py with an MPI launcher (mpiexec)",
-        "pip install 'optgraph[mpi]' (mpi4py and the mpich wheel)",
-    )
-    return found
 
 
 def launch(script: Path, ranks: int, args: list[str], check: bool = True, timeout: int = 300):

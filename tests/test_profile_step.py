@@ -66,3 +66,20 @@ def test_profile_step_writes_nothing_into_the_working_directory(mlp_dir, tmp_pat
         kept = sorted(p.name for p in (tmp_path / "profiles").iterdir())
         expected = [f"onnxruntime_profile_{graph}_" for graph in sorted(GRAPHS)]
         assert len(kept) == 3 and all(map(str.startswith, kept, expected)), kept
+
+
+def test_profile_step_sizes_a_target_derived_from_the_batch(tmp_path):
+    """A language model's labels flattened to ``(batch * seq,)``: the manifest says ``8*batch``, not ``batch``."""
+    from models import TinyLM, flat_cross_entropy
+
+    tokens = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    artifact = optgraph.compile(
+        TinyLM(), (tokens,), (tokens.reshape(-1),), flat_cross_entropy, optimizer=optim.SGD(lr=0.1)
+    )
+    folder = artifact.save(tmp_path / "lm")
+    target = next(t for t in artifact.manifest.graphs["train_step"].inputs if t.role == "target")
+    assert target.shape == ["8*batch"], target.shape  # the case this checks
+    command = [sys.executable, str(REPO / "tools/profile_step.py"), str(folder), "--batch", "3", "--steps", "2"]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ms of kernels per step" in run.stdout

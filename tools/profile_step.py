@@ -19,15 +19,19 @@ import numpy as np
 import onnxruntime as ort
 
 import optgraph
+from optgraph.artifact.dims import DimExpr, parse_dim
 from optgraph.artifact.names import GraphName, Role
 
 
 def random_batch(session: optgraph.TrainingSession, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A batch for the train step: every symbol of size ``batch``, and a dimension derived from symbols (a
+    target of ``64*batch`` tokens) of the size they give."""
     arrays = []
     for spec in session.manifest.graphs[GraphName.TRAIN_STEP].inputs:
         if spec.role not in (Role.INPUT, Role.TARGET):
             continue
-        shape = [batch if isinstance(d, str) else d for d in spec.shape]
+        dims = [parse_dim(d) if isinstance(d, str) else d for d in spec.shape]
+        shape = [d.evaluate(dict.fromkeys(d.symbols, batch)) if isinstance(d, DimExpr) else d for d in dims]
         if spec.dtype.startswith("int"):
             arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import onnx_ir as ir
 
 from optgraph.artifact.names import FINITE, LOSS, UPDATE_APPLIED, state_of_next
@@ -58,19 +59,47 @@ def report_finite(model: ir.Model, gradients: Iterable[ir.Value], buffers: Itera
 
 
 def _all_finite(b: GraphBuilder, graph: ir.Graph, gradients: Iterable[ir.Value], buffers: Iterable[str]) -> ir.Value:
-    """A bool that is true when the loss output (if any), ``gradients`` and the new values of ``buffers`` are finite."""
+    """A bool that is true when the loss output (if any), ``gradients`` and the new values of ``buffers`` are finite.
+
+    One pass over each watched tensor: its sum is NaN or infinite when one of its values is, and also when
+    the sum of finite values overflows. Only then (a bad step, or huge values) does an ``If`` check exactly,
+    with ``x * 0``, NaN exactly where ``x`` is NaN or infinite: a second pass that a finite step never pays.
+    """
     loss = next((v for v in graph.outputs if v.name == LOSS), None)
     updated = set(buffers)
     new_buffers = [v for v in graph.outputs if state_of_next(v.name) in updated]
     watched = list(gradients) + [v for v in new_buffers if v.dtype.is_floating_point()]
-    # x * 0 is NaN exactly when x is NaN or infinite: one cheap reduction per watched tensor
-    probes = [b.op("ReduceSum", b.op("Mul", g, b.const(0.0, g.dtype)), keepdims=0) for g in watched]
     dtype = loss.dtype if loss is not None else FLOAT
-    probes = [b.cast(p, dtype) for p in probes]
-    total = b.op("Mul", loss, b.const(0.0, dtype)) if loss is not None else b.const(0.0, dtype)
-    for probe in probes:
-        total = b.op("Add", total, probe)
-    return b.op("Not", b.op("IsNaN", total))
+    zero = b.const(0.0, dtype)
+    zeros = {g.dtype: b.const(0.0, g.dtype) for g in watched}  # made here: the exact branch only refers to them
+
+    def none_nan(probes: list[ir.Value]) -> ir.Value:
+        total = b.op("Mul", loss, zero) if loss is not None else zero
+        for probe in probes:
+            total = b.op("Add", total, b.op("Mul", b.cast(probe, dtype), zero))
+        return b.op("Not", b.op("IsNaN", total))
+
+    sums_finite = none_nan([b.op("ReduceSum", g, keepdims=0) for g in watched])
+    if not watched:
+        return sums_finite
+    start = len(graph)
+    exact = none_nan([b.op("ReduceSum", b.op("Mul", g, zeros[g.dtype]), keepdims=0) for g in watched])
+    checks = list(graph)[start:]
+    for node in checks:
+        graph.remove(node)
+    exactly = ir.Graph([], [exact], nodes=checks, name="check_exactly")
+    yes = ir.node("Constant", [], {"value": ir.tensor(np.array(True), name=b.fresh_name("finite"))})
+    yes.outputs[0].name, yes.outputs[0].dtype, yes.outputs[0].shape = (
+        yes.attributes["value"].value.name,
+        BOOL,
+        ir.Shape([]),
+    )
+    sums_were_finite = ir.Graph([], [yes.outputs[0]], nodes=[yes], name="sums_were_finite")
+    node = ir.node("If", [sums_finite], {"then_branch": sums_were_finite, "else_branch": exactly})
+    node.name = b.fresh_name("check_exactly_If")
+    node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = node.name, BOOL, ir.Shape([])
+    graph.append(node)
+    return node.outputs[0]
 
 
 def _branch_on(graph: ir.Graph, b: GraphBuilder, finite: ir.Value, inputs: dict[str, ir.Value]) -> None:

@@ -116,8 +116,14 @@ def test_structure():
     assert [v.name for v in graph.outputs] == names + [UPDATE_APPLIED]
     applied = graph.outputs[-1]
     assert applied.dtype == BOOL and list(applied.shape) == []
-    (guard,) = [node for node in graph if node.op_type == "If"]
-    assert guard.name == "skip_non_finite/If"
+    check, guard = [node for node in graph if node.op_type == "If"]
+    assert guard.name == "skip_non_finite/If" and check.outputs[0] is guard.inputs[0]
+    # a finite step makes one pass over each gradient (its sum); the exact x * 0 check is the else branch's
+    sums_were_finite = check.attributes["then_branch"].as_graph()
+    exactly = check.attributes["else_branch"].as_graph()
+    assert [node.op_type for node in sums_were_finite] == ["Constant"]
+    assert not any(node.op_type == "Mul" and node.inputs[0].name.startswith("grad.") for node in graph)
+    assert any(node.op_type == "Mul" and node.inputs[0].name.startswith("grad.") for node in exactly)
     assert [v.name for v in guard.outputs] == state_outputs
     assert guard.inputs[0] is applied, "the If branches on the value reported as update_applied"
     outputs = {v.name: v for v in graph.outputs}
@@ -145,9 +151,47 @@ def test_report_finite_says_what_the_guard_would_do(case):
     gradients = [v for v in model.graph.outputs if v.name in {grad_name(p) for p in TRAINABLE}]
     reported = report_finite(model, gradients, UPDATED_BUFFERS)
     assert reported.name == FINITE and reported.dtype == BOOL and reported.shape == ir.Shape([])
-    assert not any(node.op_type == "If" for node in model.graph)
+    branches = [node.name for node in model.graph if node.op_type == "If"]
+    assert len(branches) == 1 and branches[0].startswith("check_finite/check_exactly_If"), "nothing is skipped"
     check_types(model)
     state, feeds = (started_state(), batch(3)) if case is None else NON_FINITE[case](started_state())
     out = Runner(model)(state | feeds)
     guarded = Runner(train_step()[0])(state | feeds)
     assert bool(out[FINITE]) == bool(guarded[UPDATE_APPLIED]) == (case is None)
+
+
+def _reported(dtype: np.dtype):
+    """A graph whose loss is its input and whose one gradient is another input, with report_finite added."""
+    loss = ir.Value(name="loss_in", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([]))
+    gradient = ir.Value(name="g", type=ir.TensorType(ir.DataType.from_numpy(np.dtype(dtype))), shape=ir.Shape([3]))
+    nodes = [ir.node("Identity", [loss], name="l"), ir.node("Identity", [gradient], name="gw")]
+    nodes[0].outputs[0].name, nodes[1].outputs[0].name = LOSS, grad_name("w")
+    for node, value in zip(nodes, (loss, gradient)):
+        node.outputs[0].dtype, node.outputs[0].shape = value.dtype, value.shape
+    graph = ir.Graph([loss, gradient], [n.outputs[0] for n in nodes], nodes=nodes, opset_imports={"": 18})
+    model = ir.Model(graph, ir_version=9)
+    report_finite(model, [nodes[1].outputs[0]])
+    return Runner(model)
+
+
+@pytest.mark.parametrize(
+    "dtype, values, finite",
+    [
+        (np.float32, [1.0, -2.0, 3.0], True),
+        (np.float32, [3e38, 3e38, 3e38], True),  # every value finite, their float32 sum is not
+        (np.float32, [-3e38, -3e38, 1.0], True),
+        (np.float32, [3e38, np.inf, -3e38], False),
+        (np.float32, [np.inf, -np.inf, 0.0], False),  # a sum of NaN: caught on the fast path
+        (np.float32, [np.nan, 0.0, 0.0], False),
+        (np.float16, [60000.0, 60000.0, 0.0], True),  # float16 sums overflow at 65504
+        (np.float16, [60000.0, np.inf, 0.0], False),
+        (np.float64, [1e308, 1e308, 0.0], True),  # and a float64 sum in float32 beyond 3.4e38
+        (np.float64, [1e300, np.nan, 0.0], False),
+    ],
+)
+def test_finite_means_every_value_finite_even_where_their_sum_overflows(dtype, values, finite):
+    out = _reported(dtype)({"loss_in": np.array(0.5, np.float32), "g": np.array(values, dtype)})
+    assert out[FINITE] == np.bool_(finite)
+    if finite:
+        out = _reported(dtype)({"loss_in": np.array(np.inf, np.float32), "g": np.array(values, dtype)})
+        assert not out[FINITE], "the loss is watched too"

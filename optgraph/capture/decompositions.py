@@ -293,6 +293,24 @@ def weight_norm_interface_backward(grad_w, saved_v, saved_g, saved_norms, dim):
     return grad_v, grad_g
 
 
+def select_backward(grad_output, input_sizes, dim: int, index: int):
+    """``aten.select_backward``: ``grad_output`` put back at ``index`` of ``dim`` among zeros, as one pad.
+
+    torch's decomposition writes it into zeros with ``select_scatter``, which becomes an ``Expand`` of the
+    gradient and a broadcasting ``Where``: two passes over the whole input where a pad (a concatenation
+    with zeros, as constant padding is lowered) makes one.
+    Packed attention projections (``nn.MultiheadAttention`` selects q, k and v from one tensor) take
+    this backward in every layer. A size or index that is not a plain int keeps torch's way.
+    """
+    size = input_sizes[dim]
+    if type(size) is not int or type(index) is not int:
+        return NotImplemented
+    rank = len(input_sizes)
+    dim, index = dim % rank, index % size
+    pad = [0, 0] * (rank - 1 - dim) + [index, size - 1 - index]  # from the last dimension backwards
+    return aten.constant_pad_nd(grad_output.unsqueeze(dim), pad, 0.0)
+
+
 _PINS_BATCH = [
     aten.lstm.input, aten.lstm.data, aten.gru.input, aten.gru.data,
     aten.rnn_tanh.input, aten.rnn_tanh.data, aten.rnn_relu.input, aten.rnn_relu.data,
@@ -328,6 +346,7 @@ def train_decompositions() -> dict:
         )
     )
     table[aten.convolution_backward.default] = convolution_backward
+    table[aten.select_backward.default] = select_backward
     table[aten.avg_pool2d_backward.default] = avg_pool_backward
     table[aten.avg_pool3d_backward.default] = avg_pool_backward
     table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool_backward

@@ -8,7 +8,10 @@
   concatenations;
 - a scalar written into a slice (``ids[:, 0] = start``, T5's shift of the
   labels into decoder inputs): ``aten.copy`` broadcasts its source, so the
-  scatter that functionalization makes of it gets a source of the right rank.
+  scatter that functionalization makes of it gets a source of the right rank;
+- an index selected along a dimension (packed attention's q, k and v): its
+  backward pads the gradient with zeros in one pass, not an ``Expand`` and
+  a ``Where``.
 
 Each case compiles once and checks the loss and every gradient at two batch
 sizes, then loads the full artifact into a ``TrainingSession`` and takes a step.
@@ -89,12 +92,27 @@ class ShiftRight(nn.Module):
         return self.head(self.embed(shifted).mean(1))
 
 
+class Selects(nn.Module):
+    """Rows chosen by index from one projection, as packed attention selects q, k and v; one index negative."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 3 * 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        packed = self.proj(x).unflatten(-1, (3, 5)).transpose(0, 1)  # (3, batch, 5)
+        q, k, v = packed[0], packed[1], packed[-1]
+        return self.head(q * k.sigmoid() + v) + x[:, 2:3]
+
+
 CASES = {
     "weight-norm-conv1d-last-dim": (WeightNormConv, lambda b: torch.randn(b, 4, 7)),
     "weight-norm-conv1d-dim0": (lambda: WeightNormConv(dim=0), lambda b: torch.randn(b, 4, 7)),
     "pad-constant": (Pads, lambda b: torch.randn(b, 3, 8, 8)),
     "pad-depthwise-batchnorm-relu6": (MobileBlock, lambda b: 2 * torch.randn(b, 4, 8, 8)),
     "scalar-into-slice": (ShiftRight, lambda b: torch.randint(0, 10, (b, 5))),
+    "select-backward-as-pad": (Selects, lambda b: torch.randn(b, 4)),
 }
 
 

@@ -20,14 +20,17 @@ from optgraph.artifact.names import GraphName
 CPU = ["CPUExecutionProvider"]
 
 
-@pytest.fixture(scope="module")
-def artifact():
+def _compiled(**options):
+    """A small BatchNorm MLP with AdamW, compiled with ``options``."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    return optgraph.compile(
-        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=0.01), lr_scheduler=lr_scheduler.StepLR(2)
-    )
+    return optgraph.compile(model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=0.01), **options)
+
+
+@pytest.fixture(scope="module")
+def artifact():
+    return _compiled(lr_scheduler=lr_scheduler.StepLR(2))
 
 
 def _batches(n):
@@ -98,12 +101,7 @@ def test_interrupted_step_is_taken_whole(artifact, where):
 
 @pytest.fixture(scope="module")
 def accumulating():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
-    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    return optgraph.compile(
-        model, (x,), (y,), nn.CrossEntropyLoss(), optimizer=optim.AdamW(lr=0.01), grad_accumulation_steps=2
-    )
+    return _compiled(grad_accumulation_steps=2)
 
 
 SPLIT_CASES = {
